@@ -1,0 +1,1 @@
+"""Wire contracts of the mesh: msgspec Structs, subject names, block hashing, errors. No torch, no NATS."""

@@ -1,0 +1,111 @@
+"""Event plane: KV cache events, load reports, heartbeats with worker cards, model cards."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class StoredBlock(msgspec.Struct, frozen=True, array_like=True):
+    block_hash: int  # u64, the worker's sequence hash of the block (per-worker key)
+    tokens_hash: int  # u64, local hash of the block's tokens (+ media), see protocol.kv
+
+
+class KvStored(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="stored"):
+    parent_hash: int | None  # block_hash of the block before blocks[0]; None = starts at the root
+    blocks: list[StoredBlock]
+
+
+class KvRemoved(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="removed"):
+    block_hashes: list[int]
+
+
+class KvCleared(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="cleared"):
+    pass
+
+
+KvEventData = KvStored | KvRemoved | KvCleared
+
+
+class KvEvent(msgspec.Struct, frozen=True, kw_only=True):
+    event_id: int  # per worker, starts at 1 and increases by exactly 1
+    data: KvEventData
+
+
+class EventMsg(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"):
+    pass
+
+
+class KvEventBatch(EventMsg, kw_only=True, tag="kv_events"):
+    worker_id: str
+    events: list[KvEvent]
+
+
+class LoadReport(EventMsg, kw_only=True, tag="load"):
+    worker_id: str
+    active_requests: int = 0
+    waiting_requests: int = 0
+    active_prefill_tokens: int = 0
+    active_decode_blocks: int = 0
+    kv_used_blocks: int = 0
+    kv_total_blocks: int = 0
+
+
+class WorkerCard(msgspec.Struct, frozen=True, kw_only=True):
+    """Who a worker is and what it can take; carried by every heartbeat."""
+
+    worker_id: str
+    namespace: str
+    component: str  # mocker | dllm | image | encode
+    model: str  # served model name
+    capacity: int  # requests it runs at once
+    max_queue: int = 0  # requests it accepts beyond capacity before refusing
+    block_size: int = 0  # KV block size in tokens; 0 = no token cache
+    kv_total_blocks: int = 0
+    publishes_kv_events: bool = False  # False: routed in approximate mode
+    host: str = ""
+    pid: int = 0
+    started_at: float = 0.0  # unix seconds
+
+
+class Heartbeat(EventMsg, kw_only=True, tag="heartbeat"):
+    card: WorkerCard
+    load: LoadReport
+    last_kv_event_id: int = 0
+    interval_s: float = 1.0  # the next heartbeat is due within this
+
+
+class Goodbye(EventMsg, kw_only=True, tag="goodbye"):
+    """The worker deregisters (drain started); route nothing new to it."""
+
+    worker_id: str
+
+
+Event = KvEventBatch | LoadReport | Heartbeat | Goodbye
+
+ModelKind = Literal["chat", "completions", "images", "embeddings"]
+
+
+class ModelCard(msgspec.Struct, frozen=True, kw_only=True):
+    """What a frontend needs to serve a model without its files (stored in the JetStream KV bucket)."""
+
+    name: str
+    component: str
+    kinds: list[ModelKind]
+    input_modalities: list[str] = msgspec.field(default_factory=lambda: ["text"])
+    output_modalities: list[str] = msgspec.field(default_factory=lambda: ["text"])
+    block_size: int = 0
+    context_length: int = 0
+    tokenizer_object: str | None = None  # object name in the files bucket (tokenizer.json)
+    tokenizer_sha256: str | None = None
+    chat_template: str | None = None  # jinja2 source
+    bos_token: str | None = None
+    eos_token: str | None = None
+    defaults: dict[str, float | int | str | bool] = {}  # per-model request defaults (steps, size, ...)
+    created: int = 0  # unix seconds
+
+
+event_encoder = msgspec.msgpack.Encoder()
+event_decoder = msgspec.msgpack.Decoder(Event)
+card_decoder = msgspec.msgpack.Decoder(ModelCard)

@@ -1,0 +1,154 @@
+"""Request plane: work requests a frontend sends to a worker, and the replies streamed back.
+
+Every reply stream carries `seq` 0, 1, 2, ... and ends with exactly one terminal message (Final or Error).
+Token ids travel as int32 little-endian bytes (see protocol.kv.tokens_from_bytes), never as int lists.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from protocol.kv import MmObject
+
+
+class BusMsg(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"):
+    """Base of request-plane messages. Unknown fields are accepted so old and new processes share a bus."""
+
+
+class SamplingOptions(msgspec.Struct, frozen=True, kw_only=True):
+    max_tokens: int  # completion tokens to generate at most
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = []  # stop strings; the matched string is not returned
+    stop_token_ids: list[int] = []
+    ignore_eos: bool = False
+
+
+class DiffusionOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-request knobs of a masked-diffusion LM; None means the worker's default."""
+
+    steps: int | None = None  # total denoising steps over the generation (LLaDA `steps`)
+    block_length: int | None = None  # semi-autoregressive block size in tokens
+    threshold: float | None = None  # Fast-dLLM confidence threshold; None = fixed tokens per step
+    remasking: Literal["low_confidence", "random"] = "low_confidence"
+    cfg_scale: float = 0.0
+    use_cache: bool | None = None  # block KV cache on/off
+
+
+class GenerateRequest(BusMsg, kw_only=True, tag="generate"):
+    """Text generation (chat and completions are both token-in, text-out on the bus)."""
+
+    request_id: str
+    model: str
+    token_ids: bytes  # prompt, int32 LE, after templating
+    sampling: SamplingOptions
+    diffusion: DiffusionOptions | None = None
+    mm_objects: list[MmObject] = []
+    stream: bool = True  # False: the worker may send only the Final message
+    deadline_s: float | None = None  # seconds the requester will wait in all
+
+
+class ImageRequest(BusMsg, kw_only=True, tag="image"):
+    """Text-to-image generation, already validated against the OpenAI schema by the frontend."""
+
+    request_id: str
+    model: str
+    prompt: str
+    n: int = 1
+    width: int | None = None  # None = the model's default size
+    height: int | None = None
+    num_inference_steps: int | None = None
+    quality: str = "auto"
+    guidance_scale: float | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    output_compression: int | None = None  # 0-100, jpeg/webp only
+    background: Literal["transparent", "opaque", "auto"] = "auto"
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    user: str | None = None
+    stream: bool = False
+    partial_images: int = 0
+    step_cache: bool | None = None  # None = the worker's default
+    deadline_s: float | None = None
+
+
+WorkRequest = GenerateRequest | ImageRequest
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    forward_passes: int = 0  # model forwards spent on this request (NFE)
+    images: int = 0
+
+
+class Ack(BusMsg, kw_only=True, tag="ack"):
+    """The worker accepted the request; `queued` tells whether it waits for a slot."""
+
+    request_id: str
+    seq: int = 0
+    worker_id: str
+    queued: bool = False
+
+
+class Chunk(BusMsg, kw_only=True, tag="chunk"):
+    """Newly committed output: text delta and its token ids."""
+
+    request_id: str
+    seq: int
+    text: str = ""
+    token_ids: bytes = b""  # int32 LE, the tokens behind `text` (may run ahead of text at a cut UTF-8 char)
+    forward_passes: int = 0  # cumulative, so a client can see progress per forward
+
+
+class ImageOutput(BusMsg, kw_only=True, tag="image_output"):
+    """One finished image, or a partial one when `partial_index` is set. One per message (payload limit)."""
+
+    request_id: str
+    seq: int
+    index: int  # 0..n-1
+    data: bytes = b""  # encoded image bytes when no url
+    url: str | None = None
+    output_format: str = "png"
+    width: int = 0
+    height: int = 0
+    partial_index: int | None = None
+
+
+class Final(BusMsg, kw_only=True, tag="final"):
+    """Terminal success message; `text` holds what was not yet sent in chunks."""
+
+    request_id: str
+    seq: int
+    text: str = ""
+    token_ids: bytes = b""
+    finish_reason: Literal["stop", "length", "cancelled", "error"] | None = "stop"
+    usage: Usage = msgspec.field(default_factory=Usage)
+    worker_id: str = ""
+
+
+class Error(BusMsg, kw_only=True, tag="error"):
+    """Terminal failure message; `code` is a protocol.errors code."""
+
+    request_id: str
+    seq: int
+    code: str
+    message: str
+    param: str | None = None
+    retry_after: float | None = None
+
+
+Reply = Ack | Chunk | ImageOutput | Final | Error
+
+work_encoder = msgspec.msgpack.Encoder()
+work_decoder = msgspec.msgpack.Decoder(WorkRequest)
+reply_decoder = msgspec.msgpack.Decoder(Reply)
+
+
+def is_terminal(reply: Reply) -> bool:
+    return isinstance(reply, (Final, Error))
