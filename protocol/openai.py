@@ -20,7 +20,7 @@ class Req(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Base of HTTP request bodies."""
 
 
-class Resp(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Resp(msgspec.Struct, kw_only=True):
     """Base of HTTP response bodies (None fields are left out)."""
 
 

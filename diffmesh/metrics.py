@@ -1,0 +1,56 @@
+"""Every Prometheus metric the mesh exports, defined once. Names follow Dynamo's so its dashboards carry over."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+ITL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+TOKEN_BUCKETS = (1, 16, 64, 256, 1024, 4096, 16384, 65536)
+ROUTER_BUCKETS = (1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2)
+
+
+class FrontendMetrics:
+    """Per-app registry (no module globals); `/metrics` renders `registry`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        r = self.registry = registry or CollectorRegistry()
+        p = "dynamo_frontend"
+        self.requests = Counter(f"{p}_requests", "HTTP requests by model, endpoint, streaming and status",
+                                ["model", "endpoint", "request_type", "status"], registry=r)
+        self.inflight = Gauge(f"{p}_inflight_requests", "Requests being served", ["model"], registry=r)
+        self.queued = Gauge(f"{p}_queued_requests", "Requests waiting for their first reply", ["model"], registry=r)
+        self.disconnected = Counter(f"{p}_disconnected_clients", "Clients that went away mid-request", ["model"], registry=r)
+        self.ttft = Histogram(f"{p}_time_to_first_token_seconds", "Time to first token", ["model"],
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram(f"{p}_inter_token_latency_seconds", "Time between output tokens", ["model"],
+                             buckets=ITL_BUCKETS, registry=r)
+        self.duration = Histogram(f"{p}_request_duration_seconds", "Whole request duration", ["model"],
+                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.input_tokens = Histogram(f"{p}_input_sequence_tokens", "Prompt tokens per request", ["model"],
+                                      buckets=TOKEN_BUCKETS, registry=r)
+        self.output_tokens = Histogram(f"{p}_output_sequence_tokens", "Completion tokens per request", ["model"],
+                                       buckets=TOKEN_BUCKETS, registry=r)
+        self.output_tokens_total = Counter(f"{p}_output_tokens", "Completion tokens", ["model"], registry=r)
+        self.cached_tokens = Counter(f"{p}_cached_tokens", "Prompt tokens served from a worker's prefix cache",
+                                     ["model"], registry=r)
+        self.images = Counter(f"{p}_images_generated", "Images returned", ["model"], registry=r)
+        self.migrations = Counter(f"{p}_model_migration", "Requests re-sent to another worker", ["model", "migration_type"],
+                                  registry=r)
+        self.router = RouterMetrics(r)
+
+
+class RouterMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        r, p = registry, "dynamo_router"
+        self.decisions = Counter(f"{p}_requests", "Routing decisions by mode", ["mode"], registry=r)
+        self.kv_hit_rate = Gauge(f"{p}_kv_hit_rate", "Matched prefix blocks / request blocks, since start", registry=r)
+        self.overhead = Histogram(f"{p}_overhead_seconds", "Decision latency by phase (hashing, matching, scoring)",
+                                  ["phase"], buckets=ROUTER_BUCKETS, registry=r)
+        self.events = Gauge("dynamo_component_kv_cache_events_applied", "KV events applied by type and status",
+                            ["event_type", "status"], registry=r)
+        self.worker_load = Gauge("dynamo_frontend_worker_active_prefill_tokens", "Predicted prefill tokens per worker",
+                                 ["worker_id"], registry=r)
+        self.worker_blocks = Gauge("dynamo_frontend_worker_active_decode_blocks", "Predicted active KV blocks per worker",
+                                   ["worker_id"], registry=r)
+        self.workers = Gauge(f"{p}_live_workers", "Workers with a fresh heartbeat", ["model"], registry=r)

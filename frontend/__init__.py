@@ -1,0 +1,1 @@
+"""OpenAI-compatible HTTP frontend: aiohttp app, preprocessing, bus client, model registry, media store."""

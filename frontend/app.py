@@ -1,0 +1,170 @@
+"""The aiohttp application: routes, health, models, metrics, auth, and startup of the bus-side objects."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import msgspec
+import nats
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from diffmesh.bus import connect
+from diffmesh.config import FrontendConfig
+from diffmesh.metrics import FrontendMetrics
+from frontend import images, text
+from frontend.bus import Requester
+from frontend.errors import error_response
+from frontend.openapi import build_openapi
+from frontend.registry import ModelRegistry
+from frontend.state import STATE, AppState
+from protocol.errors import MeshError, NotFound, Unauthorized
+from protocol.openai import ModelInfo, ModelList, json_encoder
+from router.core import Router, RouterConfig
+from router.policy import PolicyConfig
+from router.service import RouterService
+
+log = logging.getLogger("diffmesh.frontend")
+NC: web.AppKey[nats.NATS] = web.AppKey("diffmesh_nc", nats.NATS)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler):
+    """Every failure becomes an OpenAI error envelope; nothing escapes as a bare 500 page."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            return error_response(NotFound(f"no route {request.method} {request.path}"))
+        if exc.status == 405:
+            return web.json_response({"error": {"message": f"method {request.method} not allowed on {request.path}",
+                                                 "type": "invalid_request_error", "param": None, "code": "method_not_allowed"}},
+                                     status=405)
+        raise
+    except MeshError as exc:
+        return error_response(exc)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.exception("unhandled error on %s", request.path)
+        return error_response(MeshError(f"internal error: {type(exc).__name__}"))
+
+
+def auth_middleware(api_key: str | None):
+    @web.middleware
+    async def check(request: web.Request, handler):
+        if api_key and request.path.startswith("/v1/") and not request.path.startswith("/v1/files/"):
+            if request.headers.get("Authorization", "") != f"Bearer {api_key}":
+                return error_response(Unauthorized("missing or wrong API key"))
+        return await handler(request)
+
+    return check
+
+
+async def list_models(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    data = []
+    for name, workers in sorted(state.registry.live_models().items()):
+        kinds = {"image": ["images"], "encode": ["embeddings"]}.get(workers[0].component, ["chat", "completions"])
+        data.append(ModelInfo(id=name, created=int(min(w.started_at for w in workers)), kinds=kinds, workers=len(workers)))
+    return web.Response(body=json_encoder.encode(ModelList(data=data)), content_type="application/json")
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.json_response({"status": "live"})
+
+
+async def health(request: web.Request) -> web.Response:
+    state, nc = request.app[STATE], request.app[NC]
+    models = state.registry.live_models()
+    body = {"status": "healthy" if nc.is_connected else "unhealthy", "nats": nc.is_connected,
+            "models": {name: [w.worker_id for w in ws] for name, ws in models.items()},
+            "in_flight": state.requester.num_in_flight}
+    return web.json_response(body, status=200 if nc.is_connected else 503)
+
+
+async def ready(request: web.Request) -> web.Response:
+    state, nc = request.app[STATE], request.app[NC]
+    is_ready = nc.is_connected and bool(state.registry.live_models())
+    return web.json_response({"ready": is_ready}, status=200 if is_ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    _refresh_router_gauges(state)
+    return web.Response(body=generate_latest(state.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _refresh_router_gauges(state: AppState) -> None:
+    router, m = state.router.router, state.metrics.router
+    m.kv_hit_rate.set(router.hit_rate)
+    for (kind, status), count in router.stats.applied.items():
+        m.events.labels(kind, status).set(count)
+    m.worker_load.clear()
+    m.worker_blocks.clear()
+    m.workers.clear()
+    for s in router.tracker.workers.values():
+        m.worker_load.labels(s.worker_id).set(s.predicted_prefill_tokens)
+        m.worker_blocks.labels(s.worker_id).set(s.num_active_blocks)
+    for name, workers in state.registry.live_models().items():
+        m.workers.labels(name).set(len(workers))
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(build_openapi())
+
+
+def build_app(config: FrontendConfig) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware, auth_middleware(config.api_key)],
+                          client_max_size=config.max_body_bytes)
+    app.router.add_post("/v1/chat/completions", text.chat_completions)
+    app.router.add_post("/v1/completions", text.completions)
+    app.router.add_post("/v1/images/generations", images.generations)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/live", live)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    if config.media_dir:
+        app.router.add_static("/v1/files/", config.media_dir, follow_symlinks=False)
+    app.cleanup_ctx.append(_bus_context(config))
+    return app
+
+
+def _bus_context(config: FrontendConfig):
+    async def context(app: web.Application):
+        nc = await connect(config.nats, name="diffmesh-frontend")
+        policy = PolicyConfig(mode=config.router_mode)
+        router_service = RouterService(nc, config.namespace, Router(RouterConfig(policy=policy)))
+        requester = Requester(nc, config.namespace)
+        registry = ModelRegistry(nc, config.namespace, router_service.router.live_workers)
+        router_service.on_worker_lost(requester.fail_worker)
+        await requester.start()
+        await router_service.start()
+        metrics = FrontendMetrics()
+        app[NC] = nc
+        app[STATE] = AppState(config, requester, router_service, registry, metrics)
+        yield
+        await router_service.stop()
+        await requester.stop()
+        await nc.drain()
+
+    return context
+
+
+async def run_frontend(config: FrontendConfig, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
+    """Serve until `stop` is set (or forever)."""
+    runner = web.AppRunner(build_app(config), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, reuse_port=True)
+    await site.start()
+    log.info("frontend listening on http://%s:%d", config.host, config.port)
+    if ready is not None:
+        ready.set()
+    try:
+        await (stop.wait() if stop else asyncio.Event().wait())
+    finally:
+        await runner.cleanup()

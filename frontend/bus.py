@@ -1,0 +1,111 @@
+"""Requester side of the request plane: one wildcard reply inbox per process, demultiplexed by request id."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import msgspec
+import nats
+from nats.aio.msg import Msg
+
+from protocol import subjects
+from protocol.control import Cancel, control_encoder
+from protocol.errors import DeadlineExceeded, MeshError, WorkerLost, WorkerUnavailable
+from protocol.work import Reply, reply_decoder
+
+NO_RESPONDERS = "503"
+
+
+class ReplyStream:
+    """Replies of one request in seq order; raises instead of hanging when the worker fails."""
+
+    def __init__(self, request_id: str, worker_id: str, deadline: float):
+        self.request_id = request_id
+        self.worker_id = worker_id
+        self.deadline = deadline  # time.monotonic() seconds
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._next_seq = 0
+        self.done = False
+
+    def push(self, item: bytes | MeshError) -> None:
+        self._queue.put_nowait(item)
+
+    async def next(self) -> Reply:
+        """The next reply; raises DeadlineExceeded, WorkerLost or WorkerUnavailable."""
+        item = self._queue.get_nowait() if not self._queue.empty() else await self._wait()
+        if isinstance(item, MeshError):
+            self.done = True
+            raise item
+        try:
+            reply = reply_decoder.decode(item)
+        except msgspec.DecodeError as exc:
+            self.done = True
+            raise WorkerLost(f"undecodable reply from {self.worker_id}: {exc}") from exc
+        if reply.seq != self._next_seq:
+            self.done = True
+            raise WorkerLost(f"reply stream from {self.worker_id} skipped from seq {self._next_seq} to {reply.seq}")
+        self._next_seq += 1
+        return reply
+
+    async def _wait(self):
+        remaining = self.deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout=max(remaining, 0.0))
+        except asyncio.TimeoutError:
+            return DeadlineExceeded(f"no reply from worker {self.worker_id} within the request deadline")
+
+
+class Requester:
+    """Publishes work with a reply subject under this process's inbox and routes replies to their streams."""
+
+    def __init__(self, nc: nats.NATS, namespace: str, requester_id: str | None = None):
+        self.nc = nc
+        self.ns = namespace
+        self.requester_id = requester_id or uuid.uuid4().hex[:16]
+        self._streams: dict[str, ReplyStream] = {}
+        self._sub = None
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(subjects.reply_inbox(self.requester_id), cb=self._on_reply)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+        for stream in list(self._streams.values()):
+            stream.push(WorkerLost("frontend shutting down"))
+
+    async def _on_reply(self, msg: Msg) -> None:
+        request_id = msg.subject.rsplit(".", 1)[-1]
+        stream = self._streams.get(request_id)
+        if stream is None:
+            return
+        if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+            stream.push(WorkerUnavailable(f"worker {stream.worker_id} is not listening"))
+        else:
+            stream.push(msg.data)
+
+    async def send(self, subject: str, request_id: str, payload: bytes, worker_id: str, timeout_s: float) -> ReplyStream:
+        """Publish one work request; its replies arrive on the returned stream."""
+        stream = ReplyStream(request_id, worker_id, time.monotonic() + timeout_s)
+        self._streams[request_id] = stream
+        await self.nc.publish(subject, payload, reply=subjects.reply_subject(self.requester_id, request_id))
+        return stream
+
+    def close(self, request_id: str) -> None:
+        self._streams.pop(request_id, None)
+
+    def fail_worker(self, worker_id: str) -> None:
+        """The worker is gone: every stream it serves ends with WorkerLost."""
+        for stream in self._streams.values():
+            if stream.worker_id == worker_id:
+                stream.push(WorkerLost(f"worker {worker_id} went away mid-request"))
+
+    async def cancel(self, worker_id: str, request_id: str) -> None:
+        """Tell the worker to stop (client disconnected); fire-and-forget."""
+        await self.nc.publish(subjects.control(self.ns, worker_id), control_encoder.encode(Cancel(request_id=request_id)))
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._streams)

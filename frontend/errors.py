@@ -1,0 +1,52 @@
+"""The one table from mesh errors to HTTP status + OpenAI error envelope."""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+from aiohttp import web
+
+from protocol.errors import InvalidRequest, MeshError
+from protocol.openai import ErrorBody, ErrorEnvelope, json_encoder
+
+# code -> (HTTP status, OpenAI error type)
+HTTP_ERRORS: dict[str, tuple[int, str]] = {
+    "invalid_request": (400, "invalid_request_error"),
+    "unauthorized": (401, "authentication_error"),
+    "model_not_found": (404, "not_found_error"),
+    "not_found": (404, "not_found_error"),
+    "payload_too_large": (413, "invalid_request_error"),
+    "cancelled": (499, "cancelled"),
+    "engine_error": (500, "internal_error"),
+    "internal_error": (500, "internal_error"),
+    "worker_lost": (502, "upstream_error"),
+    "overloaded": (503, "service_unavailable"),
+    "worker_unavailable": (503, "service_unavailable"),
+    "deadline_exceeded": (504, "timeout_error"),
+}
+
+_PATH = re.compile(r" - at `(\$[^`]*)`$")
+
+
+def envelope(exc: MeshError) -> bytes:
+    _, kind = HTTP_ERRORS.get(exc.code, (500, "internal_error"))
+    body = ErrorBody(message=exc.message, type=kind, param=exc.param, code=exc.code)
+    return json_encoder.encode(ErrorEnvelope(error=body))
+
+
+def error_response(exc: MeshError) -> web.Response:
+    status, _ = HTTP_ERRORS.get(exc.code, (500, "internal_error"))
+    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if exc.retry_after is not None else None
+    return web.Response(status=status, body=envelope(exc), content_type="application/json", headers=headers)
+
+
+def from_validation(exc: msgspec.DecodeError) -> InvalidRequest:
+    """msgspec's message ends with the field path (`... - at `$.size``); surface it as `param`."""
+    text = str(exc)
+    match = _PATH.search(text)
+    if match:
+        return InvalidRequest(text, param=match.group(1))
+    if isinstance(exc, msgspec.ValidationError):
+        return InvalidRequest(text, param="$")
+    return InvalidRequest(f"request body is not valid JSON: {text}", param="$")

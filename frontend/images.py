@@ -1,0 +1,156 @@
+"""POST /v1/images/generations: validate, route (approximate mode), collect or stream images."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+import msgspec
+import numpy as np
+from aiohttp import web
+
+from frontend.errors import envelope, error_response, from_validation
+from frontend.state import STATE, AppState, Dispatched, abandon, dispatch, new_request_id, raise_if_error, read_body, release
+from frontend.text import DONE, SSE_HEADERS
+from protocol.errors import InvalidRequest, MeshError
+from protocol.openai import (
+    ImageCompletedEvent, ImageData, ImageGenerationRequest, ImagePartialEvent, ImagesResponse, ImageUsage, image_decoder,
+    json_encoder,
+)
+from protocol.routing import RouteRequest
+from protocol.work import Final, ImageOutput, ImageRequest, work_encoder
+
+
+async def generations(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    try:
+        body = await read_body(request, state.config.max_body_bytes)
+        try:
+            req = image_decoder.decode(body)
+        except msgspec.DecodeError as exc:
+            raise from_validation(exc) from None
+        model = _pick_model(state, req)
+        entry = await state.registry.get(model)
+        if "images" not in entry.card.kinds:
+            raise InvalidRequest(f"model {model!r} does not generate images", param="$.model")
+        work = build_image_request(req, model, new_request_id("img"))
+    except MeshError as exc:
+        return error_response(exc)
+    return await _serve(request, state, req, work)
+
+
+def _pick_model(state: AppState, req: ImageGenerationRequest) -> str:
+    if req.model:
+        return req.model
+    image_models = [name for name, workers in state.registry.live_models().items() if workers[0].component == "image"]
+    if len(image_models) != 1:
+        raise InvalidRequest(f"`model` is required when {len(image_models)} image models are served", param="$.model")
+    return image_models[0]
+
+
+def build_image_request(req: ImageGenerationRequest, model: str, request_id: str) -> ImageRequest:
+    """Cross-field checks the schema cannot express, then the bus request."""
+    if req.background == "transparent" and req.output_format == "jpeg":
+        raise InvalidRequest("background=transparent needs output_format png or webp", param="$.background")
+    if req.output_compression is not None and req.output_format == "png":
+        raise InvalidRequest("output_compression applies to jpeg and webp only", param="$.output_compression")
+    if req.partial_images and not req.stream:
+        raise InvalidRequest("partial_images needs stream=true", param="$.partial_images")
+    width = height = None
+    if req.size != "auto":
+        width, height = (int(v) for v in req.size.split("x"))
+    ext = req.nvext
+    seed = ext.seed if ext and ext.seed is not None else req.seed
+    return ImageRequest(request_id=request_id, model=model, prompt=req.prompt, n=req.n, width=width, height=height,
+                        num_inference_steps=ext.num_inference_steps if ext else None, quality=req.quality,
+                        guidance_scale=ext.guidance_scale if ext else None, negative_prompt=ext.negative_prompt if ext else None,
+                        seed=seed, output_format=req.output_format, output_compression=req.output_compression,
+                        background=req.background, response_format=req.response_format, user=req.user, stream=req.stream,
+                        partial_images=req.partial_images, step_cache=ext.step_cache if ext else None)
+
+
+def routing_tokens(work: ImageRequest) -> bytes:
+    """Tokenizer-less models route on the prompt's UTF-8 bytes (one byte per routing token)."""
+    return np.frombuffer(work.prompt.encode(), dtype=np.uint8).astype("<i4").tobytes()
+
+
+async def _serve(request: web.Request, state: AppState, req: ImageGenerationRequest, work: ImageRequest) -> web.StreamResponse:
+    model, metrics = work.model, state.metrics
+    started = time.monotonic()
+    metrics.inflight.labels(model).inc()
+    route = RouteRequest(request_id=work.request_id, model=model, token_ids=routing_tokens(work),
+                         worker_id=req.nvext.worker_id if req.nvext else None)
+    dispatched: Dispatched | None = None
+    status = "200"
+    try:
+        dispatched = await dispatch(state, route, lambda bus_id: work_encoder.encode(msgspec.structs.replace(work, request_id=bus_id)), model)
+        state.router.on_first_token(dispatched.bus_id)
+        if req.stream:
+            return await _stream(request, dispatched, req)
+        return await _collect(state, dispatched, req, model)
+    except MeshError as exc:
+        response = error_response(exc)
+        status = str(response.status)
+        return response
+    except asyncio.CancelledError:
+        status = "499"
+        if dispatched is not None:
+            abandon(state, dispatched, model)
+        raise
+    finally:
+        release(state, dispatched)
+        metrics.inflight.labels(model).dec()
+        metrics.duration.labels(model).observe(time.monotonic() - started)
+        metrics.requests.labels(model, "images_generations", "stream" if req.stream else "unary", status).inc()
+
+
+def _image_data(out: ImageOutput) -> ImageData:
+    if out.url:
+        return ImageData(url=out.url)
+    return ImageData(b64_json=base64.b64encode(out.data).decode())
+
+
+async def _collect(state: AppState, d: Dispatched, req: ImageGenerationRequest, model: str) -> web.Response:
+    images: dict[int, ImageData] = {}
+    sizes = set()
+    reply = d.first
+    while not isinstance(reply, Final):
+        if isinstance(reply, ImageOutput) and reply.partial_index is None:
+            images[reply.index] = _image_data(reply)
+            sizes.add(f"{reply.width}x{reply.height}")
+        reply = raise_if_error(await d.stream.next())
+    state.metrics.images.labels(model).inc(len(images))
+    body = ImagesResponse(created=int(time.time()), data=[images[i] for i in sorted(images)], output_format=req.output_format,
+                          quality=req.quality, background=req.background, size=sizes.pop() if len(sizes) == 1 else None,
+                          usage=ImageUsage(output_tokens=0))
+    return web.Response(body=json_encoder.encode(body), content_type="application/json",
+                        headers={"x-diffmesh-worker": d.decision.worker_id})
+
+
+async def _stream(request: web.Request, d: Dispatched, req: ImageGenerationRequest) -> web.StreamResponse:
+    response = web.StreamResponse(headers={**SSE_HEADERS, "x-diffmesh-worker": d.decision.worker_id})
+    await response.prepare(request)
+    reply = d.first
+    try:
+        while not isinstance(reply, Final):
+            if isinstance(reply, ImageOutput):
+                await response.write(_event(reply, req))
+            reply = raise_if_error(await d.stream.next())
+    except MeshError as exc:
+        await response.write(b"data: " + envelope(exc) + b"\n\n")
+        return response
+    await response.write(DONE)
+    return response
+
+
+def _event(out: ImageOutput, req: ImageGenerationRequest) -> bytes:
+    common = dict(b64_json=base64.b64encode(out.data).decode(), created_at=int(time.time()), output_format=out.output_format,
+                  size=f"{out.width}x{out.height}", quality=req.quality, background=req.background)
+    if out.partial_index is not None:
+        event = ImagePartialEvent(partial_image_index=out.partial_index, **common)
+        name = b"image_generation.partial_image"
+    else:
+        event = ImageCompletedEvent(usage=ImageUsage(), **common)
+        name = b"image_generation.completed"
+    return b"event: " + name + b"\ndata: " + json_encoder.encode(event) + b"\n\n"

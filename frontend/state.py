@@ -1,0 +1,120 @@
+"""Per-app objects handlers share, created at startup and passed down (no module globals)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+
+import msgspec
+from aiohttp import web
+
+from diffmesh.config import FrontendConfig
+from diffmesh.metrics import FrontendMetrics
+from frontend.bus import ReplyStream, Requester
+from frontend.registry import ModelRegistry
+from protocol import subjects
+from protocol.errors import MeshError, Overloaded, PayloadTooLarge, WorkerLost, WorkerUnavailable, error_from_code
+from protocol.routing import RouteDecision, RouteRequest
+from protocol.work import Ack, Error, Reply
+
+MAX_MIGRATIONS = 2  # re-sends to other workers before any output reached the client
+RETRIABLE = (WorkerUnavailable, WorkerLost, Overloaded)
+
+
+@dataclass
+class AppState:
+    config: FrontendConfig
+    requester: Requester
+    router: object  # RouterService (embedded) or RemoteRouter: route(), on_first_token(), on_finish()
+    registry: ModelRegistry
+    metrics: FrontendMetrics
+
+
+STATE: web.AppKey[AppState] = web.AppKey("diffmesh_state", AppState)
+
+
+@dataclass
+class Dispatched:
+    bus_id: str  # request id on the bus (changes on migration)
+    decision: RouteDecision
+    stream: ReplyStream
+    first: Reply | None  # first reply that is not an Ack
+
+
+def new_request_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit}")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    return body
+
+
+def raise_if_error(reply: Reply) -> Reply:
+    if isinstance(reply, Error):
+        raise error_from_code(reply.code, reply.message, param=reply.param, retry_after=reply.retry_after)
+    return reply
+
+
+async def dispatch(state: AppState, route: RouteRequest, payload_for, model: str) -> Dispatched:
+    """Route, send and wait for the first reply; migrate to another worker if the chosen one is gone or full."""
+    excluded: list[str] = []
+    deadline = time.monotonic() + state.config.request_timeout_s
+    for attempt in range(MAX_MIGRATIONS + 1):
+        bus_id = route.request_id if attempt == 0 else f"{route.request_id}-m{attempt}"
+        attempt_route = msgspec.structs.replace(route, request_id=bus_id, exclude=excluded)
+        decision = await state.router.route(attempt_route)
+        _observe(state.metrics, decision)
+        subject = subjects.generate_direct(state.config.namespace, decision.component, decision.worker_id)
+        stream = await state.requester.send(subject, bus_id, payload_for(bus_id), decision.worker_id,
+                                            max(deadline - time.monotonic(), 0.0))
+        try:
+            first = await stream.next()
+            while isinstance(first, Ack):
+                first = await stream.next()
+            return Dispatched(bus_id, decision, stream, raise_if_error(first))
+        except RETRIABLE as exc:
+            state.requester.close(bus_id)
+            state.router.on_finish(bus_id)
+            if attempt == MAX_MIGRATIONS or route.worker_id is not None:
+                raise
+            excluded = [*excluded, decision.worker_id]
+            state.metrics.migrations.labels(model, "new_request").inc()
+            last = exc
+        except MeshError:
+            state.requester.close(bus_id)
+            state.router.on_finish(bus_id)
+            raise
+        except asyncio.CancelledError:  # the client went away before the first reply
+            abandon(state, Dispatched(bus_id, decision, stream, None), model)
+            raise
+    raise last  # unreachable: the loop either returns or raises
+
+
+def release(state: AppState, dispatched: Dispatched | None) -> None:
+    if dispatched is not None:
+        state.requester.close(dispatched.bus_id)
+        state.router.on_finish(dispatched.bus_id)
+
+
+def abandon(state: AppState, dispatched: Dispatched, model: str) -> None:
+    """Client disconnected: tell the worker to stop (fire-and-forget; we may be inside a cancelled task)."""
+    state.metrics.disconnected.labels(model).inc()
+    if not dispatched.stream.done:
+        asyncio.ensure_future(state.requester.cancel(dispatched.decision.worker_id, dispatched.bus_id))
+    release(state, dispatched)
+
+
+def _observe(metrics: FrontendMetrics, decision: RouteDecision) -> None:
+    """Decision latency split by phase, and decisions per mode."""
+    overhead = metrics.router.overhead
+    overhead.labels("hashing").observe(decision.hash_s)
+    overhead.labels("matching").observe(decision.match_s)
+    overhead.labels("scoring").observe(decision.score_s)
+    metrics.router.decisions.labels(decision.mode).inc()

@@ -1,0 +1,204 @@
+"""POST /v1/chat/completions and /v1/completions: preprocess, route, stream or collect."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+import numpy as np
+from aiohttp import web
+
+from frontend.errors import envelope, error_response, from_validation
+from frontend.registry import ModelEntry
+from frontend.state import STATE, AppState, Dispatched, abandon, dispatch, new_request_id, raise_if_error, read_body, release
+from protocol.errors import InvalidRequest, MeshError
+from protocol.openai import (
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, Completion,
+    CompletionChoice, CompletionRequest, CompletionTokensDetails, Delta, PromptTokensDetails, UsageInfo, chat_decoder,
+    completion_decoder, json_encoder,
+)
+from protocol.routing import RouteRequest
+from protocol.work import Chunk, DiffusionOptions, Final, GenerateRequest, SamplingOptions, Usage, work_encoder
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+DONE = b"data: [DONE]\n\n"
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _handle(request, "chat")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _handle(request, "completions")
+
+
+async def _handle(request: web.Request, kind: str) -> web.StreamResponse:
+    state = request.app[STATE]
+    model = "unknown"
+    endpoint = "chat_completions" if kind == "chat" else "completions"
+    try:
+        body = await read_body(request, state.config.max_body_bytes)
+        try:
+            req = (chat_decoder if kind == "chat" else completion_decoder).decode(body)
+        except msgspec.DecodeError as exc:
+            raise from_validation(exc) from None
+        model = req.model
+        entry = await state.registry.get(req.model)
+        if kind not in entry.card.kinds:
+            raise InvalidRequest(f"model {req.model!r} does not serve {kind}", param="$.model")
+        work = _build_work(req, entry, kind, request.headers.get("x-request-id"))
+    except MeshError as exc:
+        state.metrics.requests.labels(model, endpoint, "unary", str(error_response(exc).status)).inc()
+        return error_response(exc)
+    return await _serve(request, state, req, work, kind)
+
+
+def _build_work(req: ChatCompletionRequest | CompletionRequest, entry: ModelEntry, kind: str, request_id: str | None) -> GenerateRequest:
+    pre = entry.preprocessor
+    tokens = pre.chat_tokens(req.messages) if kind == "chat" else pre.prompt_tokens(req.prompt)
+    limit = entry.card.context_length or 2**31
+    requested = getattr(req, "max_completion_tokens", None) or req.max_tokens
+    max_tokens = requested or min(int(entry.card.defaults.get("max_tokens", 256)), max(limit - len(tokens), 1))
+    if len(tokens) + max_tokens > limit:
+        raise InvalidRequest(f"prompt ({len(tokens)} tokens) + max_tokens ({max_tokens}) exceeds the model's context "
+                             f"length {limit}", param="$.max_tokens")
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    ext = req.nvext
+    sampling = SamplingOptions(max_tokens=max_tokens, temperature=req.temperature or 0.0, top_p=req.top_p or 1.0,
+                               seed=req.seed, stop=stop, ignore_eos=bool(ext and ext.ignore_eos))
+    diffusion = None
+    if ext is not None and (ext.steps or ext.block_length or ext.threshold or ext.remasking or ext.cfg_scale or ext.use_cache is not None):
+        diffusion = DiffusionOptions(steps=ext.steps, block_length=ext.block_length, threshold=ext.threshold,
+                                     remasking=ext.remasking or "low_confidence", cfg_scale=ext.cfg_scale or 0.0,
+                                     use_cache=ext.use_cache)
+    return GenerateRequest(request_id=_valid_id(request_id) or new_request_id("cmpl"), model=req.model,
+                           token_ids=np.ascontiguousarray(tokens).tobytes(), sampling=sampling, diffusion=diffusion,
+                           stream=req.stream)
+
+
+def _valid_id(value: str | None) -> str | None:
+    """An incoming x-request-id becomes the bus id when it is a valid subject token."""
+    if value and len(value) <= 64 and all(c.isalnum() or c in "-_" for c in value):
+        return value
+    return None
+
+
+class _Formatter:
+    """Builds the OpenAI objects of one response (chat or text completion)."""
+
+    def __init__(self, kind: str, request_id: str, model: str):
+        self.kind, self.id, self.model, self.created = kind, request_id, model, int(time.time())
+        self.sent_role = False
+
+    def chunk(self, text: str, finish_reason: str | None = None, usage: UsageInfo | None = None, empty: bool = False) -> bytes:
+        if self.kind == "chat":
+            delta = Delta(content=text if text or not finish_reason else None)
+            if not self.sent_role:
+                delta, self.sent_role = Delta(role="assistant", content=delta.content), True
+            choices = [] if empty else [ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)]
+            obj = ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
+        else:
+            choices = [] if empty else [CompletionChoice(index=0, text=text, finish_reason=finish_reason)]
+            obj = Completion(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
+        return b"data: " + json_encoder.encode(obj) + b"\n\n"
+
+    def whole(self, text: str, finish_reason: str | None, usage: UsageInfo) -> bytes:
+        if self.kind == "chat":
+            choice = ChatChoice(index=0, message=AssistantMessage(content=text), finish_reason=finish_reason)
+            return json_encoder.encode(ChatCompletion(id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage))
+        choice = CompletionChoice(index=0, text=text, finish_reason=finish_reason)
+        return json_encoder.encode(Completion(id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage))
+
+
+def usage_info(usage: Usage) -> UsageInfo:
+    return UsageInfo(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                     total_tokens=usage.prompt_tokens + usage.completion_tokens,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
+                     completion_tokens_details=CompletionTokensDetails(forward_passes=usage.forward_passes or None))
+
+
+async def _serve(request: web.Request, state: AppState, req, work: GenerateRequest, kind: str) -> web.StreamResponse:
+    model, endpoint = req.model, ("chat_completions" if kind == "chat" else "completions")
+    request_type = "stream" if req.stream else "unary"
+    metrics = state.metrics
+    started = time.monotonic()
+    metrics.inflight.labels(model).inc()
+    metrics.input_tokens.labels(model).observe(len(work.token_ids) // 4)
+    route = RouteRequest(request_id=work.request_id, model=model, token_ids=work.token_ids,
+                         worker_id=req.nvext.worker_id if req.nvext else None)
+    dispatched: Dispatched | None = None
+    status = "200"
+    try:
+        metrics.queued.labels(model).inc()
+        try:
+            dispatched = await dispatch(state, route, lambda bus_id: work_encoder.encode(msgspec.structs.replace(work, request_id=bus_id)), model)
+        finally:
+            metrics.queued.labels(model).dec()
+        metrics.ttft.labels(model).observe(time.monotonic() - started)
+        state.router.on_first_token(dispatched.bus_id)
+        fmt = _Formatter(kind, work.request_id, model)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return await _stream(request, state, dispatched, fmt, include_usage, model)
+        return await _collect(state, dispatched, fmt, model)
+    except MeshError as exc:
+        response = error_response(exc)
+        status = str(response.status)
+        return response
+    except asyncio.CancelledError:
+        status = "499"
+        if dispatched is not None:
+            abandon(state, dispatched, model)
+        raise
+    finally:
+        release(state, dispatched)
+        metrics.inflight.labels(model).dec()
+        metrics.duration.labels(model).observe(time.monotonic() - started)
+        metrics.requests.labels(model, endpoint, request_type, status).inc()
+
+
+async def _collect(state: AppState, d: Dispatched, fmt: _Formatter, model: str) -> web.Response:
+    parts: list[str] = []
+    reply = d.first
+    while not isinstance(reply, Final):
+        if isinstance(reply, Chunk):
+            parts.append(reply.text)
+        reply = raise_if_error(await d.stream.next())
+    parts.append(reply.text)
+    _count_output(state, model, reply.usage)
+    body = fmt.whole("".join(parts), reply.finish_reason, usage_info(reply.usage))
+    return web.Response(body=body, content_type="application/json", headers={"x-diffmesh-worker": d.decision.worker_id})
+
+
+async def _stream(request: web.Request, state: AppState, d: Dispatched, fmt: _Formatter, include_usage: bool, model: str) -> web.StreamResponse:
+    response = web.StreamResponse(headers={**SSE_HEADERS, "x-diffmesh-worker": d.decision.worker_id})
+    await response.prepare(request)
+    itl = state.metrics.itl.labels(model)
+    reply, last = d.first, time.monotonic()
+    try:
+        while not isinstance(reply, Final):
+            if isinstance(reply, Chunk) and reply.text:
+                await response.write(fmt.chunk(reply.text))
+                now = time.monotonic()
+                itl.observe((now - last) / max(len(reply.token_ids) // 4, 1))
+                last = now
+            reply = raise_if_error(await d.stream.next())
+    except MeshError as exc:  # headers are out: report in-band, as OpenAI clients expect
+        await response.write(b"data: " + envelope(exc) + b"\n\n")
+        return response
+    if reply.text:
+        await response.write(fmt.chunk(reply.text))
+    await response.write(fmt.chunk("", finish_reason=reply.finish_reason))
+    if include_usage:
+        await response.write(fmt.chunk("", usage=usage_info(reply.usage), empty=True))
+    await response.write(DONE)
+    _count_output(state, model, reply.usage)
+    return response
+
+
+def _count_output(state: AppState, model: str, usage: Usage) -> None:
+    m = state.metrics
+    m.output_tokens.labels(model).observe(usage.completion_tokens)
+    m.output_tokens_total.labels(model).inc(usage.completion_tokens)
+    m.cached_tokens.labels(model).inc(usage.cached_tokens)

@@ -1,0 +1,1 @@
+"""Worker processes: the shared bus runtime and one package per worker kind (engine.py + worker.py)."""

@@ -1,0 +1,147 @@
+"""Bus adapter of the mocker: registers as a real worker, streams simulated tokens, publishes KV events."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+from protocol.errors import InvalidRequest
+from protocol.events import ModelCard
+from protocol.kv import sequence_block_hashes, tokens_from_bytes, tokens_to_bytes
+from protocol.work import Chunk, Final, GenerateRequest, Usage
+from workers.mocker.engine import MockerConfig, MockerScheduler, MockSequence, simulated_seconds, token_seed
+from workers.mocker.tokenizer import BOS, CHAT_TEMPLATE, EOS, build_tokenizer, word_token_ids
+from workers.runtime import KvEventSink, RequestContext
+from workers.textstream import TextStream
+
+_END = object()
+_CANCEL = object()
+
+
+class MockerEngine:
+    """WorkerEngine for the mocker; simulated time runs in one asyncio task."""
+
+    component = "mocker"
+
+    def __init__(self, model: str = "mocker", config: MockerConfig = MockerConfig(), default_max_tokens: int = 64):
+        self.model = model
+        self.config = config
+        self.default_max_tokens = default_max_tokens
+        self.tokenizer = build_tokenizer()
+        self.scheduler: MockerScheduler | None = None
+        self._queues: dict[str, asyncio.Queue] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def worker_card(self) -> dict:
+        c = self.config
+        return {"model": self.model, "capacity": c.max_num_seqs, "max_queue": 4 * c.max_num_seqs, "block_size": c.block_size,
+                "kv_total_blocks": c.num_blocks, "publishes_kv_events": True}
+
+    def model_card(self) -> ModelCard:
+        return ModelCard(name=self.model, component=self.component, kinds=["chat", "completions"], block_size=self.config.block_size,
+                         context_length=self.config.context_length, chat_template=CHAT_TEMPLATE, bos_token=BOS, eos_token=EOS,
+                         defaults={"max_tokens": self.default_max_tokens}, created=int(time.time()))
+
+    def model_files(self) -> dict[str, bytes]:
+        return {"tokenizer.json": self.tokenizer.to_str().encode()}
+
+    def load_report(self) -> dict:
+        s = self.scheduler
+        if s is None:
+            return {}
+        return {"active_prefill_tokens": s.active_prefill_tokens(), "active_decode_blocks": s.cache.num_referenced,
+                "kv_used_blocks": s.cache.num_cached, "kv_total_blocks": s.config.num_blocks}
+
+    async def start(self, kv_sink: KvEventSink) -> None:
+        self.scheduler = MockerScheduler(self.config, word_token_ids(), on_event=kv_sink.publish)
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def kv_dump(self) -> list:
+        return self.scheduler.cache.dump()
+
+    def clear_cache(self) -> None:
+        self.scheduler.cache.clear()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            result = self.scheduler.step()
+            if result is None:
+                self._wake.clear()
+                continue
+            await asyncio.sleep(simulated_seconds(result.duration_ms, self.config.speedup_ratio))
+            for request_id, token in result.tokens:
+                self._put(request_id, token)
+            for request_id in result.finished:
+                self._put(request_id, _END)
+
+    def _put(self, request_id: str, item) -> None:
+        queue = self._queues.get(request_id)
+        if queue is not None:
+            queue.put_nowait(item)
+
+    def _sequence(self, request: GenerateRequest) -> MockSequence:
+        prompt = tokens_from_bytes(request.token_ids)
+        max_tokens = request.sampling.max_tokens
+        if len(prompt) + max_tokens > self.config.context_length:
+            raise InvalidRequest(f"prompt ({len(prompt)}) + max_tokens ({max_tokens}) exceeds the context length "
+                                 f"{self.config.context_length}", param="$.max_tokens")
+        local, chained = sequence_block_hashes(prompt, self.config.block_size, request.mm_objects)
+        return MockSequence(request.request_id, len(prompt), chained, local, max_tokens,
+                            token_seed(request.token_ids, request.sampling.seed), prompt_tokens=prompt)
+
+    async def generate(self, request: GenerateRequest, ctx: RequestContext):
+        seq = self._sequence(request)
+        queue: asyncio.Queue = asyncio.Queue()
+        self._queues[request.request_id] = queue
+        ctx.on_cancel(lambda: queue.put_nowait(_CANCEL))
+        self.scheduler.add(seq)
+        self._wake.set()
+        stream = TextStream(self.tokenizer.decode, request.sampling.stop)
+        finish_reason = "length"
+        try:
+            while finish_reason == "length":
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                ids = [i for i in items if isinstance(i, int)]
+                text = stream.push(ids) if ids else ""
+                if _CANCEL in items:
+                    finish_reason = "cancelled"
+                elif stream.stopped:
+                    finish_reason = "stop"
+                if text or (ids and request.stream):
+                    yield Chunk(request_id=request.request_id, seq=0, text=text, token_ids=tokens_to_bytes(ids))
+                if _END in items:
+                    break
+        finally:
+            self._queues.pop(request.request_id, None)
+            self.scheduler.cancel(request.request_id)
+        usage = Usage(prompt_tokens=seq.prompt_len, completion_tokens=len(stream.ids), cached_tokens=seq.cached_tokens)
+        yield Final(request_id=request.request_id, seq=0, text=stream.flush(), finish_reason=finish_reason, usage=usage)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-name", default="mocker", help="served model name")
+    parser.add_argument("--block-size", type=int, default=MockerConfig.block_size)
+    parser.add_argument("--num-blocks", type=int, default=MockerConfig.num_blocks)
+    parser.add_argument("--max-num-seqs", type=int, default=MockerConfig.max_num_seqs)
+    parser.add_argument("--max-batched-tokens", type=int, default=MockerConfig.max_batched_tokens)
+    parser.add_argument("--speedup-ratio", type=float, default=MockerConfig.speedup_ratio,
+                        help="divides simulated time; 'inf' = no simulated time")
+    parser.add_argument("--context-length", type=int, default=MockerConfig.context_length)
+    parser.add_argument("--default-max-tokens", type=int, default=64)
+
+
+def build_engine(args: argparse.Namespace) -> MockerEngine:
+    config = MockerConfig(block_size=args.block_size, num_blocks=args.num_blocks, max_num_seqs=args.max_num_seqs,
+                          max_batched_tokens=args.max_batched_tokens, speedup_ratio=args.speedup_ratio,
+                          context_length=args.context_length)
+    return MockerEngine(args.model_name, config, args.default_max_tokens)

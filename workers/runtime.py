@@ -1,0 +1,382 @@
+"""Shared worker bus loop: endpoint subscription, bounded concurrency, cancel, heartbeats, KV events, drain.
+
+The engine (workers/<kind>/worker.py) implements WorkerEngine; this module owns everything that touches NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgspec
+import nats
+from nats.aio.msg import Msg
+
+from diffmesh.bus import connect
+from diffmesh.config import NatsConfig
+from protocol import subjects
+from protocol.control import Cancel, ClearCache, ControlAck, DumpKv, KvDump, control_decoder, control_encoder
+from protocol.errors import EngineError, MeshError, Overloaded
+from protocol.events import (
+    Goodbye,
+    Heartbeat,
+    KvEvent,
+    KvEventBatch,
+    KvEventData,
+    LoadReport,
+    ModelCard,
+    WorkerCard,
+    event_encoder,
+)
+from protocol.work import Ack, Chunk, Error, Final, ImageOutput, WorkRequest, work_decoder, work_encoder
+from diffmesh.registry import publish_model
+
+log = logging.getLogger("diffmesh.worker")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    nats: NatsConfig = field(default_factory=NatsConfig)
+    namespace: str = "dm"
+    worker_id: str | None = None  # None = "<component>-<random hex>"
+    heartbeat_s: float = 1.0
+    load_interval_s: float = 0.25  # load reports at most this often, when load changed
+    drain_timeout_s: float = 30.0
+    js_replicas: int = 1  # replica count of the registry buckets (3 on a 3-node NATS cluster)
+
+
+class RequestContext:
+    """Per-request handle shared with the engine; cancellation is visible from any thread."""
+
+    def __init__(self, request_id: str, worker_id: str, deadline: float | None):
+        self.request_id = request_id
+        self.worker_id = worker_id
+        self.deadline = deadline  # time.monotonic() seconds
+        self._flag = threading.Event()
+        self._event = asyncio.Event()
+        self._callbacks: list = []
+
+    def is_cancelled(self) -> bool:
+        return self._flag.is_set()
+
+    def cancel(self) -> None:
+        """Called on the event loop thread (control message, drain)."""
+        if self._flag.is_set():
+            return
+        self._flag.set()
+        self._event.set()
+        for callback in self._callbacks:
+            callback()
+
+    def on_cancel(self, callback) -> None:
+        """Run `callback()` on the loop thread when the request is cancelled."""
+        self._callbacks.append(callback)
+
+    async def wait_cancelled(self) -> None:
+        await self._event.wait()
+
+
+class KvEventSink:
+    """Thread-safe: engines publish KV event data; the runtime numbers and batches them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._pending: list[KvEventData] = []
+        self._lock = threading.Lock()
+        self._wake = asyncio.Event()
+
+    def publish(self, data: KvEventData) -> None:
+        with self._lock:
+            self._pending.append(data)
+        if threading.current_thread() is threading.main_thread():
+            self._wake.set()
+        else:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def take(self) -> list[KvEventData]:
+        with self._lock:
+            taken, self._pending = self._pending, []
+        return taken
+
+
+class WorkerEngine(Protocol):
+    component: str
+
+    def worker_card(self) -> dict: ...
+    def model_card(self) -> ModelCard: ...
+    def model_files(self) -> dict[str, bytes]: ...
+    def load_report(self) -> dict: ...
+    async def start(self, kv_sink: KvEventSink) -> None: ...
+    async def stop(self) -> None: ...
+    def generate(self, request: WorkRequest, ctx: RequestContext) -> AsyncIterator[Chunk | ImageOutput | Final]: ...
+    def kv_dump(self) -> list: ...
+    def clear_cache(self) -> None: ...
+
+
+class WorkerRuntime:
+    """Serves one engine on the bus until `drain()`."""
+
+    def __init__(self, engine: WorkerEngine, config: RuntimeConfig, nc: nats.NATS):
+        self.engine = engine
+        self.config = config
+        self.nc = nc
+        self.worker_id = config.worker_id or f"{engine.component}-{uuid.uuid4().hex[:12]}"
+        subjects.check_token(self.worker_id, "worker id")
+        fields = engine.worker_card()
+        self.card = WorkerCard(
+            worker_id=self.worker_id,
+            namespace=config.namespace,
+            component=engine.component,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=time.time(),
+            **fields,
+        )
+        self.contexts: dict[str, RequestContext] = {}
+        self.num_active = 0
+        self.num_waiting = 0
+        self.num_cancelled = 0  # requests that ended because of a Cancel message
+        self.num_served = 0
+        self.last_event_id = 0
+        self._slots = asyncio.Semaphore(self.card.capacity)
+        self._tasks: set[asyncio.Task] = set()
+        self._subs: list = []
+        self._background: list[asyncio.Task] = []
+        self._sink: KvEventSink | None = None
+        self._draining = False
+        self._load_dirty = asyncio.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register the model, start the engine, subscribe, and begin heartbeats."""
+        ns, wid = self.config.namespace, self.worker_id
+        await publish_model(self.nc, ns, self.engine.model_card(), self.engine.model_files(), self.config.js_replicas)
+        self._sink = KvEventSink(asyncio.get_running_loop())
+        await self.engine.start(self._sink)
+        self._subs = [
+            await self.nc.subscribe(subjects.generate_direct(ns, self.card.component, wid), cb=self._on_request),
+            await self.nc.subscribe(
+                subjects.generate_any(ns, self.card.component),
+                queue=subjects.queue_group(self.card.component),
+                cb=self._on_request,
+            ),
+        ]
+        self._control_sub = await self.nc.subscribe(subjects.control(ns, wid), cb=self._on_control)
+        self._background = [
+            asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._kv_loop()),
+            asyncio.create_task(self._load_loop()),
+        ]
+        await self.nc.flush()
+        log.info("worker %s serving %s (%s)", wid, self.card.model, self.card.component)
+
+    async def drain(self) -> None:
+        """Deregister, stop taking requests, let in-flight ones finish (bounded), then stop."""
+        if self._draining:
+            return
+        self._draining = True
+        for sub in self._subs:
+            await sub.unsubscribe()
+        await self._publish_event(subjects.heartbeat(self.config.namespace, self.worker_id), Goodbye(worker_id=self.worker_id))
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.config.drain_timeout_s)
+            for ctx in list(self.contexts.values()):
+                ctx.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self._flush_kv()
+        await self._control_sub.unsubscribe()
+        await self.engine.stop()
+        await self.nc.flush()
+
+    # --- request plane --------------------------------------------------------------------------
+
+    async def _on_request(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        try:
+            request = work_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            await self._reply(msg.reply, Error(request_id="", seq=0, code="invalid_request", message=f"bad work request: {exc}"))
+            return
+        if self._draining or self.num_active + self.num_waiting >= self.card.capacity + self.card.max_queue:
+            error = Overloaded(f"worker {self.worker_id} is full", retry_after=1.0)
+            await self._reply(msg.reply, _error_reply(request.request_id, 0, error))
+            return
+        deadline = time.monotonic() + request.deadline_s if request.deadline_s else None
+        ctx = RequestContext(request.request_id, self.worker_id, deadline)
+        self.contexts[request.request_id] = ctx
+        task = asyncio.create_task(self._serve(request, ctx, msg.reply))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, request: WorkRequest, ctx: RequestContext, reply: str) -> None:
+        seq = 0
+        queued = self._slots.locked()
+        self.num_waiting += 1
+        self._load_dirty.set()
+        if queued:
+            await self._reply(reply, Ack(request_id=request.request_id, worker_id=self.worker_id, queued=True))
+            seq = 1
+        try:
+            async with self._slots:
+                self.num_waiting -= 1
+                self.num_active += 1
+                self._load_dirty.set()
+                try:
+                    seq = await self._run_engine(request, ctx, reply, seq)
+                finally:
+                    self.num_active -= 1
+                    self._load_dirty.set()
+        except asyncio.CancelledError:
+            raise
+        finally:
+            self.contexts.pop(request.request_id, None)
+            self.num_served += 1
+
+    async def _run_engine(self, request: WorkRequest, ctx: RequestContext, reply: str, seq: int) -> int:
+        terminal = False
+        try:
+            if ctx.is_cancelled():
+                raise _CancelledBeforeStart
+            async for out in self.engine.generate(request, ctx):
+                if isinstance(out, Final):
+                    out = msgspec.structs.replace(out, seq=seq, worker_id=self.worker_id)
+                    terminal = True
+                else:
+                    out = msgspec.structs.replace(out, seq=seq)
+                await self._reply(reply, out)
+                seq += 1
+                if terminal:
+                    break
+            if not terminal:
+                raise EngineError("engine ended without a final message")
+        except _CancelledBeforeStart:
+            await self._reply(reply, Final(request_id=request.request_id, seq=seq, finish_reason="cancelled", worker_id=self.worker_id))
+        except MeshError as exc:
+            await self._reply(reply, _error_reply(request.request_id, seq, exc))
+        except Exception as exc:  # an engine bug must not kill the worker or hang the client
+            log.exception("engine failed on %s", request.request_id)
+            await self._reply(reply, _error_reply(request.request_id, seq, EngineError(f"{type(exc).__name__}: {exc}")))
+        if ctx.is_cancelled():
+            self.num_cancelled += 1
+        return seq + 1
+
+    async def _reply(self, subject: str, message) -> None:
+        try:
+            await self.nc.publish(subject, work_encoder.encode(message))
+        except nats.errors.MaxPayloadError:
+            error = EngineError("reply exceeds the NATS max_payload; the engine must chunk it")
+            await self.nc.publish(subject, work_encoder.encode(_error_reply(message.request_id, message.seq, error)))
+
+    # --- control plane --------------------------------------------------------------------------
+
+    async def _on_control(self, msg: Msg) -> None:
+        try:
+            command = control_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            await self._respond(msg, ControlAck(ok=False, detail=str(exc)))
+            return
+        match command:
+            case Cancel(request_id=request_id):
+                ctx = self.contexts.get(request_id)
+                if ctx is not None:
+                    ctx.cancel()
+                await self._respond(msg, ControlAck(ok=ctx is not None))
+            case ClearCache():
+                self.engine.clear_cache()
+                await self._respond(msg, ControlAck())
+            case DumpKv():
+                await self._flush_kv()
+                events = [KvEvent(event_id=self.last_event_id, data=data) for data in self.engine.kv_dump()]
+                await self._respond(msg, KvDump(worker_id=self.worker_id, last_event_id=self.last_event_id, events=events))
+
+    async def _respond(self, msg: Msg, payload) -> None:
+        if msg.reply:
+            await self.nc.publish(msg.reply, control_encoder.encode(payload))
+
+    # --- event plane ----------------------------------------------------------------------------
+
+    def load(self) -> LoadReport:
+        fields = self.engine.load_report()
+        return LoadReport(worker_id=self.worker_id, active_requests=self.num_active, waiting_requests=self.num_waiting, **fields)
+
+    async def _publish_event(self, subject: str, event) -> None:
+        await self.nc.publish(subject, event_encoder.encode(event))
+
+    async def _heartbeat_loop(self) -> None:
+        subject = subjects.heartbeat(self.config.namespace, self.worker_id)
+        while True:
+            beat = Heartbeat(card=self.card, load=self.load(), last_kv_event_id=self.last_event_id, interval_s=self.config.heartbeat_s)
+            await self._publish_event(subject, beat)
+            await asyncio.sleep(self.config.heartbeat_s)
+
+    async def _load_loop(self) -> None:
+        subject = subjects.load_events(self.config.namespace, self.worker_id)
+        while True:
+            await self._load_dirty.wait()
+            self._load_dirty.clear()
+            await self._publish_event(subject, self.load())
+            await asyncio.sleep(self.config.load_interval_s)
+
+    async def _kv_loop(self) -> None:
+        while True:
+            await self._sink._wake.wait()
+            self._sink._wake.clear()
+            await self._flush_kv()
+
+    async def _flush_kv(self) -> None:
+        if self._sink is None:
+            return
+        taken = self._sink.take()
+        if not taken:
+            return
+        events = []
+        for data in taken:
+            self.last_event_id += 1
+            events.append(KvEvent(event_id=self.last_event_id, data=data))
+        batch = KvEventBatch(worker_id=self.worker_id, events=events)
+        await self._publish_event(subjects.kv_events(self.config.namespace, self.worker_id), batch)
+
+
+class _CancelledBeforeStart(Exception):
+    pass
+
+
+def _error_reply(request_id: str, seq: int, exc: MeshError) -> Error:
+    return Error(request_id=request_id, seq=seq, code=exc.code, message=exc.message, param=exc.param, retry_after=exc.retry_after)
+
+
+async def serve(engine: WorkerEngine, config: RuntimeConfig, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> WorkerRuntime:
+    """Connect, register and serve until SIGTERM/SIGINT (or `stop`), then drain."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (tests run workers in-process)
+    nc = await connect(config.nats, name=f"diffmesh-{engine.component}")
+    runtime = WorkerRuntime(engine, config, nc)
+    try:
+        await runtime.start()
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        await runtime.drain()
+    finally:
+        await nc.drain()
+    return runtime
