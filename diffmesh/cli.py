@@ -85,7 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     nats_cmd.add_argument("--host", default="0.0.0.0")
     nats_cmd.add_argument("--store-dir", help="JetStream directory (default: a temporary one)")
     nats_cmd.add_argument("--dry-run", action="store_true")
+    _add_optional(sub, "router", "router.cli", "add_router_arguments",
+                  "standalone KV router: request/reply service for frontends started with --router-url nats")
+    _add_optional(sub, "replay", "router.cli", "add_replay_arguments",
+                  "replay a Mooncake trace against simulated workers in virtual time")
     return parser
+
+
+def _add_optional(sub, name: str, module: str, function: str, help_text: str) -> None:
+    """Subcommands whose module may not be installed in a slim image."""
+    try:
+        add = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError):
+        return
+    add(sub.add_parser(name, help=help_text))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +124,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return launch.worker(args, _nats_config(args), importlib.import_module(WORKER_KINDS[args.kind]))
     if args.command == "nats":
         return launch.nats_server(args)
+    if args.command == "router":
+        return importlib.import_module("router.cli").run_router(args)
+    if args.command == "replay":
+        return importlib.import_module("router.cli").run_replay(args)
     raise ConfigError(f"unknown command {args.command}")
 
 

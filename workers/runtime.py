@@ -360,8 +360,9 @@ def _error_reply(request_id: str, seq: int, exc: MeshError) -> Error:
     return Error(request_id=request_id, seq=seq, code=exc.code, message=exc.message, param=exc.param, retry_after=exc.retry_after)
 
 
-async def serve(engine: WorkerEngine, config: RuntimeConfig, *, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> WorkerRuntime:
-    """Connect, register and serve until SIGTERM/SIGINT (or `stop`), then drain."""
+async def serve(engine: WorkerEngine, config: RuntimeConfig, *, ready: asyncio.Future | None = None,
+                stop: asyncio.Event | None = None) -> WorkerRuntime:
+    """Connect, register and serve until SIGTERM/SIGINT (or `stop`), then drain. `ready` gets the runtime."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -374,7 +375,7 @@ async def serve(engine: WorkerEngine, config: RuntimeConfig, *, ready: asyncio.E
     try:
         await runtime.start()
         if ready is not None:
-            ready.set()
+            ready.set_result(runtime)
         await stop.wait()
         await runtime.drain()
     finally:
