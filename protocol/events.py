@@ -74,10 +74,11 @@ class Heartbeat(EventMsg, kw_only=True, tag="heartbeat"):
     load: LoadReport
     last_kv_event_id: int = 0
     interval_s: float = 1.0  # the next heartbeat is due within this
+    draining: bool = False  # finishing in-flight work after SIGTERM: route nothing new, but it is still alive
 
 
 class Goodbye(EventMsg, kw_only=True, tag="goodbye"):
-    """The worker deregisters (drain started); route nothing new to it."""
+    """The worker has drained and is leaving; anything still in flight there is lost."""
 
     worker_id: str
 

@@ -60,7 +60,7 @@ class Router:
     def on_heartbeat(self, beat: Heartbeat) -> bool:
         """Record a heartbeat; True if the router should ask this worker for a KV dump."""
         card = beat.card
-        is_new = self.tracker.heartbeat(card, beat.load, beat.last_kv_event_id, beat.interval_s, self.clock())
+        is_new = self.tracker.heartbeat(card, beat.load, beat.last_kv_event_id, beat.interval_s, self.clock(), beat.draining)
         if not card.publishes_kv_events or card.worker_id in self._dumping:
             return False
         behind = beat.last_kv_event_id > self._last_event_id.get(card.worker_id, 0)

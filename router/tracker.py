@@ -15,6 +15,7 @@ class WorkerState:
     interval_s: float
     load: LoadReport
     last_kv_event_id: int = 0  # as announced by the worker's heartbeat
+    draining: bool = False  # alive but taking no new requests
     predicted_prefill_tokens: int = 0  # routed, first token not yet seen
     active_blocks: dict[int, int] = field(default_factory=dict)  # block hash -> active requests using it
     num_routed: int = 0  # requests routed here by this router, in all
@@ -45,14 +46,15 @@ class WorkerTracker:
         self.workers: dict[str, WorkerState] = {}
         self._requests: dict[str, _Active] = {}
 
-    def heartbeat(self, card: WorkerCard, load: LoadReport, last_kv_event_id: int, interval_s: float, now: float) -> bool:
+    def heartbeat(self, card: WorkerCard, load: LoadReport, last_kv_event_id: int, interval_s: float, now: float,
+                  draining: bool = False) -> bool:
         """Record a heartbeat; True if this worker was not known before."""
         state = self.workers.get(card.worker_id)
         if state is None:
-            self.workers[card.worker_id] = WorkerState(card, now, interval_s, load, last_kv_event_id)
+            self.workers[card.worker_id] = WorkerState(card, now, interval_s, load, last_kv_event_id, draining)
             return True
         state.card, state.last_seen, state.interval_s, state.load = card, now, interval_s, load
-        state.last_kv_event_id = last_kv_event_id
+        state.last_kv_event_id, state.draining = last_kv_event_id, draining
         return False
 
     def report_load(self, load: LoadReport) -> None:
@@ -74,7 +76,8 @@ class WorkerTracker:
         return lapsed
 
     def live(self, model: str | None = None) -> list[WorkerState]:
-        return [s for s in self.workers.values() if model is None or s.card.model == model]
+        """Workers that take new requests (draining ones are alive but excluded)."""
+        return [s for s in self.workers.values() if not s.draining and (model is None or s.card.model == model)]
 
     # --- predicted load -------------------------------------------------------------------------
 

@@ -181,13 +181,13 @@ class WorkerRuntime:
         log.info("worker %s serving %s (%s)", wid, self.card.model, self.card.component)
 
     async def drain(self) -> None:
-        """Deregister, stop taking requests, let in-flight ones finish (bounded), then stop."""
+        """Stop taking requests and say so in heartbeats, let in-flight ones finish (bounded), then say goodbye."""
         if self._draining:
             return
         self._draining = True
         for sub in self._subs:
             await sub.unsubscribe()
-        await self._publish_event(subjects.heartbeat(self.config.namespace, self.worker_id), Goodbye(worker_id=self.worker_id))
+        await self._publish_heartbeat()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self.config.drain_timeout_s)
             for ctx in list(self.contexts.values()):
@@ -198,6 +198,7 @@ class WorkerRuntime:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self._flush_kv()
+        await self._publish_event(subjects.heartbeat(self.config.namespace, self.worker_id), Goodbye(worker_id=self.worker_id))
         await self._control_sub.unsubscribe()
         await self.engine.stop()
         await self.nc.flush()
@@ -219,16 +220,15 @@ class WorkerRuntime:
         deadline = time.monotonic() + request.deadline_s if request.deadline_s else None
         ctx = RequestContext(request.request_id, self.worker_id, deadline)
         self.contexts[request.request_id] = ctx
+        self.num_waiting += 1  # counted now: the next message's admission check must see it
+        self._load_dirty.set()
         task = asyncio.create_task(self._serve(request, ctx, msg.reply))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, request: WorkRequest, ctx: RequestContext, reply: str) -> None:
         seq = 0
-        queued = self._slots.locked()
-        self.num_waiting += 1
-        self._load_dirty.set()
-        if queued:
+        if self._slots.locked():
             await self._reply(reply, Ack(request_id=request.request_id, worker_id=self.worker_id, queued=True))
             seq = 1
         try:
@@ -317,11 +317,14 @@ class WorkerRuntime:
     async def _publish_event(self, subject: str, event) -> None:
         await self.nc.publish(subject, event_encoder.encode(event))
 
+    async def _publish_heartbeat(self) -> None:
+        beat = Heartbeat(card=self.card, load=self.load(), last_kv_event_id=self.last_event_id,
+                         interval_s=self.config.heartbeat_s, draining=self._draining)
+        await self._publish_event(subjects.heartbeat(self.config.namespace, self.worker_id), beat)
+
     async def _heartbeat_loop(self) -> None:
-        subject = subjects.heartbeat(self.config.namespace, self.worker_id)
         while True:
-            beat = Heartbeat(card=self.card, load=self.load(), last_kv_event_id=self.last_event_id, interval_s=self.config.heartbeat_s)
-            await self._publish_event(subject, beat)
+            await self._publish_heartbeat()
             await asyncio.sleep(self.config.heartbeat_s)
 
     async def _load_loop(self) -> None:

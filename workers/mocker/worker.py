@@ -24,8 +24,10 @@ class MockerEngine:
 
     component = "mocker"
 
-    def __init__(self, model: str = "mocker", config: MockerConfig = MockerConfig(), default_max_tokens: int = 64):
+    def __init__(self, model: str = "mocker", config: MockerConfig = MockerConfig(), default_max_tokens: int = 64,
+                 max_queue: int | None = None):
         self.model = model
+        self.max_queue = 4 * config.max_num_seqs if max_queue is None else max_queue  # requests waiting beyond capacity
         self.config = config
         self.default_max_tokens = default_max_tokens
         self.tokenizer = build_tokenizer()
@@ -36,7 +38,7 @@ class MockerEngine:
 
     def worker_card(self) -> dict:
         c = self.config
-        return {"model": self.model, "capacity": c.max_num_seqs, "max_queue": 4 * c.max_num_seqs, "block_size": c.block_size,
+        return {"model": self.model, "capacity": c.max_num_seqs, "max_queue": self.max_queue, "block_size": c.block_size,
                 "kv_total_blocks": c.num_blocks, "publishes_kv_events": True}
 
     def model_card(self) -> ModelCard:
@@ -138,10 +140,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="divides simulated time; 'inf' = no simulated time")
     parser.add_argument("--context-length", type=int, default=MockerConfig.context_length)
     parser.add_argument("--default-max-tokens", type=int, default=64)
+    parser.add_argument("--max-queue", type=int, help="requests accepted beyond --max-num-seqs (default 4x)")
 
 
 def build_engine(args: argparse.Namespace) -> MockerEngine:
     config = MockerConfig(block_size=args.block_size, num_blocks=args.num_blocks, max_num_seqs=args.max_num_seqs,
                           max_batched_tokens=args.max_batched_tokens, speedup_ratio=args.speedup_ratio,
                           context_length=args.context_length)
-    return MockerEngine(args.model_name, config, args.default_max_tokens)
+    return MockerEngine(args.model_name, config, args.default_max_tokens, args.max_queue)
