@@ -38,6 +38,39 @@ class FrontendMetrics:
         self.migrations = Counter(f"{p}_model_migration", "Requests re-sent to another worker", ["model", "migration_type"],
                                   registry=r)
         self.router = RouterMetrics(r)
+        self._per_model: dict[str, ModelMetrics] = {}
+
+    def model(self, name: str) -> ModelMetrics:
+        """Label children bound once per model (labels() lookups cost microseconds on the hot path)."""
+        bound = self._per_model.get(name)
+        if bound is None:
+            bound = self._per_model[name] = ModelMetrics(self, name)
+        return bound
+
+
+class ModelMetrics:
+    def __init__(self, m: FrontendMetrics, model: str):
+        self.inflight = m.inflight.labels(model)
+        self.queued = m.queued.labels(model)
+        self.disconnected = m.disconnected.labels(model)
+        self.ttft = m.ttft.labels(model)
+        self.itl = m.itl.labels(model)
+        self.duration = m.duration.labels(model)
+        self.input_tokens = m.input_tokens.labels(model)
+        self.output_tokens = m.output_tokens.labels(model)
+        self.output_tokens_total = m.output_tokens_total.labels(model)
+        self.cached_tokens = m.cached_tokens.labels(model)
+        self.images = m.images.labels(model)
+        self._requests = m.requests
+        self._model = model
+        self._by_status: dict[tuple[str, str, str], object] = {}
+
+    def request_done(self, endpoint: str, request_type: str, status: str) -> None:
+        key = (endpoint, request_type, status)
+        counter = self._by_status.get(key)
+        if counter is None:
+            counter = self._by_status[key] = self._requests.labels(self._model, endpoint, request_type, status)
+        counter.inc()
 
 
 class RouterMetrics:

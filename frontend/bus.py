@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import deque
 
 import msgspec
 import nats
@@ -13,7 +14,7 @@ from nats.aio.msg import Msg
 from protocol import subjects
 from protocol.control import Cancel, control_encoder
 from protocol.errors import DeadlineExceeded, MeshError, WorkerLost, WorkerUnavailable
-from protocol.work import Reply, reply_decoder
+from protocol.work import Reply, is_terminal, reply_decoder
 
 NO_RESPONDERS = "503"
 
@@ -25,36 +26,50 @@ class ReplyStream:
         self.request_id = request_id
         self.worker_id = worker_id
         self.deadline = deadline  # time.monotonic() seconds
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self._items: deque = deque()
+        self._waiter: asyncio.Future | None = None
         self._next_seq = 0
         self.done = False
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(loop.time() + max(deadline - time.monotonic(), 0.0), self._expire)
+
+    def _expire(self) -> None:
+        self.push(DeadlineExceeded(f"no reply from worker {self.worker_id} within the request deadline"))
 
     def push(self, item: bytes | MeshError) -> None:
-        self._queue.put_nowait(item)
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def next(self) -> Reply:
         """The next reply; raises DeadlineExceeded, WorkerLost or WorkerUnavailable."""
-        item = self._queue.get_nowait() if not self._queue.empty() else await self._wait()
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._items.popleft()
         if isinstance(item, MeshError):
-            self.done = True
+            self.close()
             raise item
         try:
             reply = reply_decoder.decode(item)
         except msgspec.DecodeError as exc:
-            self.done = True
+            self.close()
             raise WorkerLost(f"undecodable reply from {self.worker_id}: {exc}") from exc
         if reply.seq != self._next_seq:
-            self.done = True
+            self.close()
             raise WorkerLost(f"reply stream from {self.worker_id} skipped from seq {self._next_seq} to {reply.seq}")
         self._next_seq += 1
+        if is_terminal(reply):
+            self.close()
         return reply
 
-    async def _wait(self):
-        remaining = self.deadline - time.monotonic()
-        try:
-            return await asyncio.wait_for(self._queue.get(), timeout=max(remaining, 0.0))
-        except asyncio.TimeoutError:
-            return DeadlineExceeded(f"no reply from worker {self.worker_id} within the request deadline")
+    def close(self) -> None:
+        self.done = True
+        self._timer.cancel()
 
 
 class Requester:
@@ -94,7 +109,9 @@ class Requester:
         return stream
 
     def close(self, request_id: str) -> None:
-        self._streams.pop(request_id, None)
+        stream = self._streams.pop(request_id, None)
+        if stream is not None:
+            stream.close()
 
     def fail_worker(self, worker_id: str) -> None:
         """The worker is gone: every stream it serves ends with WorkerLost."""

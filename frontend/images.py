@@ -76,9 +76,9 @@ def routing_tokens(work: ImageRequest) -> bytes:
 
 
 async def _serve(request: web.Request, state: AppState, req: ImageGenerationRequest, work: ImageRequest) -> web.StreamResponse:
-    model, metrics = work.model, state.metrics
+    model, metrics = work.model, state.metrics.model(work.model)
     started = time.monotonic()
-    metrics.inflight.labels(model).inc()
+    metrics.inflight.inc()
     route = RouteRequest(request_id=work.request_id, model=model, token_ids=routing_tokens(work),
                          worker_id=req.nvext.worker_id if req.nvext else None)
     dispatched: Dispatched | None = None
@@ -100,9 +100,9 @@ async def _serve(request: web.Request, state: AppState, req: ImageGenerationRequ
         raise
     finally:
         release(state, dispatched)
-        metrics.inflight.labels(model).dec()
-        metrics.duration.labels(model).observe(time.monotonic() - started)
-        metrics.requests.labels(model, "images_generations", "stream" if req.stream else "unary", status).inc()
+        metrics.inflight.dec()
+        metrics.duration.observe(time.monotonic() - started)
+        metrics.request_done("images_generations", "stream" if req.stream else "unary", status)
 
 
 def _image_data(out: ImageOutput) -> ImageData:
@@ -120,7 +120,7 @@ async def _collect(state: AppState, d: Dispatched, req: ImageGenerationRequest, 
             images[reply.index] = _image_data(reply)
             sizes.add(f"{reply.width}x{reply.height}")
         reply = raise_if_error(await d.stream.next())
-    state.metrics.images.labels(model).inc(len(images))
+    state.metrics.model(model).images.inc(len(images))
     body = ImagesResponse(created=int(time.time()), data=[images[i] for i in sorted(images)], output_format=req.output_format,
                           quality=req.quality, background=req.background, size=sizes.pop() if len(sizes) == 1 else None,
                           usage=ImageUsage(output_tokens=0))

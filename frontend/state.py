@@ -85,7 +85,7 @@ async def dispatch(state: AppState, route: RouteRequest, payload_for, model: str
             if attempt == MAX_MIGRATIONS or route.worker_id is not None:
                 raise
             excluded = [*excluded, decision.worker_id]
-            state.metrics.migrations.labels(model, "new_request").inc()
+            state.metrics.migrations.labels(model, "new_request").inc()  # rare: no cached child
             last = exc
         except MeshError:
             state.requester.close(bus_id)
@@ -105,7 +105,7 @@ def release(state: AppState, dispatched: Dispatched | None) -> None:
 
 def abandon(state: AppState, dispatched: Dispatched, model: str) -> None:
     """Client disconnected: tell the worker to stop (fire-and-forget; we may be inside a cancelled task)."""
-    state.metrics.disconnected.labels(model).inc()
+    state.metrics.model(model).disconnected.inc()
     if not dispatched.stream.done:
         asyncio.ensure_future(state.requester.cancel(dispatched.decision.worker_id, dispatched.bus_id))
     release(state, dispatched)

@@ -49,8 +49,9 @@ async def _handle(request: web.Request, kind: str) -> web.StreamResponse:
             raise InvalidRequest(f"model {req.model!r} does not serve {kind}", param="$.model")
         work = _build_work(req, entry, kind, request.headers.get("x-request-id"))
     except MeshError as exc:
-        state.metrics.requests.labels(model, endpoint, "unary", str(error_response(exc).status)).inc()
-        return error_response(exc)
+        response = error_response(exc)
+        state.metrics.model(model).request_done(endpoint, "unary", str(response.status))
+        return response
     return await _serve(request, state, req, work, kind)
 
 
@@ -121,21 +122,21 @@ def usage_info(usage: Usage) -> UsageInfo:
 async def _serve(request: web.Request, state: AppState, req, work: GenerateRequest, kind: str) -> web.StreamResponse:
     model, endpoint = req.model, ("chat_completions" if kind == "chat" else "completions")
     request_type = "stream" if req.stream else "unary"
-    metrics = state.metrics
+    metrics = state.metrics.model(model)
     started = time.monotonic()
-    metrics.inflight.labels(model).inc()
-    metrics.input_tokens.labels(model).observe(len(work.token_ids) // 4)
+    metrics.inflight.inc()
+    metrics.input_tokens.observe(len(work.token_ids) // 4)
     route = RouteRequest(request_id=work.request_id, model=model, token_ids=work.token_ids,
                          worker_id=req.nvext.worker_id if req.nvext else None)
     dispatched: Dispatched | None = None
     status = "200"
     try:
-        metrics.queued.labels(model).inc()
+        metrics.queued.inc()
         try:
-            dispatched = await dispatch(state, route, lambda bus_id: work_encoder.encode(msgspec.structs.replace(work, request_id=bus_id)), model)
+            dispatched = await dispatch(state, route, lambda bus_id: _encode_work(work, bus_id), model)
         finally:
-            metrics.queued.labels(model).dec()
-        metrics.ttft.labels(model).observe(time.monotonic() - started)
+            metrics.queued.dec()
+        metrics.ttft.observe(time.monotonic() - started)
         state.router.on_first_token(dispatched.bus_id)
         fmt = _Formatter(kind, work.request_id, model)
         if req.stream:
@@ -153,9 +154,9 @@ async def _serve(request: web.Request, state: AppState, req, work: GenerateReque
         raise
     finally:
         release(state, dispatched)
-        metrics.inflight.labels(model).dec()
-        metrics.duration.labels(model).observe(time.monotonic() - started)
-        metrics.requests.labels(model, endpoint, request_type, status).inc()
+        metrics.inflight.dec()
+        metrics.duration.observe(time.monotonic() - started)
+        metrics.request_done(endpoint, request_type, status)
 
 
 async def _collect(state: AppState, d: Dispatched, fmt: _Formatter, model: str) -> web.Response:
@@ -174,12 +175,13 @@ async def _collect(state: AppState, d: Dispatched, fmt: _Formatter, model: str) 
 async def _stream(request: web.Request, state: AppState, d: Dispatched, fmt: _Formatter, include_usage: bool, model: str) -> web.StreamResponse:
     response = web.StreamResponse(headers={**SSE_HEADERS, "x-diffmesh-worker": d.decision.worker_id})
     await response.prepare(request)
-    itl = state.metrics.itl.labels(model)
+    itl = state.metrics.model(model).itl
     reply, last = d.first, time.monotonic()
     try:
         while not isinstance(reply, Final):
             if isinstance(reply, Chunk) and reply.text:
-                await response.write(fmt.chunk(reply.text))
+                pieces = reply.pieces or [reply.text]
+                await response.write(b"".join(fmt.chunk(piece) for piece in pieces))
                 now = time.monotonic()
                 itl.observe((now - last) / max(len(reply.token_ids) // 4, 1))
                 last = now
@@ -198,7 +200,13 @@ async def _stream(request: web.Request, state: AppState, d: Dispatched, fmt: _Fo
 
 
 def _count_output(state: AppState, model: str, usage: Usage) -> None:
-    m = state.metrics
-    m.output_tokens.labels(model).observe(usage.completion_tokens)
-    m.output_tokens_total.labels(model).inc(usage.completion_tokens)
-    m.cached_tokens.labels(model).inc(usage.cached_tokens)
+    m = state.metrics.model(model)
+    m.output_tokens.observe(usage.completion_tokens)
+    m.output_tokens_total.inc(usage.completion_tokens)
+    m.cached_tokens.inc(usage.cached_tokens)
+
+
+def _encode_work(work: GenerateRequest, bus_id: str) -> bytes:
+    if bus_id != work.request_id:
+        work = msgspec.structs.replace(work, request_id=bus_id)
+    return work_encoder.encode(work)

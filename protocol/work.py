@@ -104,6 +104,7 @@ class Chunk(BusMsg, kw_only=True, tag="chunk"):
     text: str = ""
     token_ids: bytes = b""  # int32 LE, the tokens behind `text` (may run ahead of text at a cut UTF-8 char)
     forward_passes: int = 0  # cumulative, so a client can see progress per forward
+    pieces: list[str] = []  # optional split of `text` into stream events (tokens coalesced into one bus message)
 
 
 class ImageOutput(BusMsg, kw_only=True, tag="image_output"):

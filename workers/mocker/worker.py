@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import time
 
 from protocol.errors import InvalidRequest
@@ -17,6 +18,7 @@ from workers.textstream import TextStream
 
 _END = object()
 _CANCEL = object()
+ZERO_TIME_TICK_S = 0.001  # with no simulated time, the engine loop yields to the event loop this often
 
 
 class MockerEngine:
@@ -72,17 +74,28 @@ class MockerEngine:
         self.scheduler.cache.clear()
 
     async def _run(self) -> None:
+        """Step the scheduler; sleep the simulated time. With no simulated time, yield to the loop every ~1 ms."""
+        zero_time = math.isinf(self.config.speedup_ratio)
         while True:
             await self._wake.wait()
-            result = self.scheduler.step()
-            if result is None:
-                self._wake.clear()
-                continue
-            await asyncio.sleep(simulated_seconds(result.duration_ms, self.config.speedup_ratio))
-            for request_id, token in result.tokens:
-                self._put(request_id, token)
-            for request_id in result.finished:
-                self._put(request_id, _END)
+            budget_end = time.perf_counter() + ZERO_TIME_TICK_S
+            while True:
+                result = self.scheduler.step()
+                if result is None:
+                    self._wake.clear()
+                    break
+                if not zero_time:
+                    await asyncio.sleep(simulated_seconds(result.duration_ms, self.config.speedup_ratio))
+                self._deliver(result)
+                if not zero_time or time.perf_counter() > budget_end:
+                    break
+            await asyncio.sleep(0)
+
+    def _deliver(self, result) -> None:
+        for request_id, token in result.tokens:
+            self._put(request_id, token)
+        for request_id in result.finished:
+            self._put(request_id, _END)
 
     def _put(self, request_id: str, item) -> None:
         queue = self._queues.get(request_id)
@@ -108,26 +121,31 @@ class MockerEngine:
         self._wake.set()
         stream = TextStream(self.tokenizer.decode, request.sampling.stop)
         finish_reason = "length"
+        held: list[str] = []  # non-streaming requests get everything in the Final
         try:
             while finish_reason == "length":
                 items = [await queue.get()]
                 while not queue.empty():
                     items.append(queue.get_nowait())
                 ids = [i for i in items if isinstance(i, int)]
-                text = stream.push(ids) if ids else ""
+                pieces = [p for p in (stream.push([i]) for i in ids) if p]
                 if _CANCEL in items:
                     finish_reason = "cancelled"
                 elif stream.stopped:
                     finish_reason = "stop"
-                if text or (ids and request.stream):
-                    yield Chunk(request_id=request.request_id, seq=0, text=text, token_ids=tokens_to_bytes(ids))
+                if pieces and request.stream:
+                    yield Chunk(request_id=request.request_id, seq=0, text="".join(pieces), token_ids=tokens_to_bytes(ids),
+                                pieces=pieces if len(pieces) > 1 else [])
+                elif pieces:
+                    held.extend(pieces)
                 if _END in items:
                     break
         finally:
             self._queues.pop(request.request_id, None)
             self.scheduler.cancel(request.request_id)
         usage = Usage(prompt_tokens=seq.prompt_len, completion_tokens=len(stream.ids), cached_tokens=seq.cached_tokens)
-        yield Final(request_id=request.request_id, seq=0, text=stream.flush(), finish_reason=finish_reason, usage=usage)
+        yield Final(request_id=request.request_id, seq=0, text="".join(held) + stream.flush(), finish_reason=finish_reason,
+                    usage=usage)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
