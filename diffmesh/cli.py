@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import logging
 import sys
 
+from diffmesh import logs
 from diffmesh.config import ConfigError, FrontendConfig, from_env, nats_from_env
 
 WORKER_KINDS = {  # kind -> module with add_arguments(parser) and build_engine(args)
@@ -54,6 +54,8 @@ def frontend_config(args: argparse.Namespace) -> FrontendConfig:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffmesh", description="Distributed inference mesh for diffusion workloads")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", choices=["auto", "json", "text"], default="auto",
+                        help="JSON lines with request ids (auto: text on a terminal, JSON otherwise)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="embedded NATS + frontend + one worker of each kind, on this machine")
@@ -103,7 +105,7 @@ def _add_optional(sub, name: str, module: str, function: str, help_text: str) ->
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format)
     try:
         return _dispatch(args)
     except ConfigError as exc:

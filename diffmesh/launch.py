@@ -68,7 +68,7 @@ async def _until_signal(start) -> None:
 
 
 def _worker_commands(args: argparse.Namespace, nats_url: str) -> list[list[str]]:
-    base = [sys.executable, "-m", "diffmesh.cli", "--log-level", args.log_level, "worker"]
+    base = [sys.executable, "-m", "diffmesh.cli", "--log-level", args.log_level, "--log-format", args.log_format, "worker"]
     common = ["--nats-url", nats_url, "--namespace", args.namespace or "dm"]
     commands = []
     for _ in range(args.mocker):

@@ -13,13 +13,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from diffmesh.bus import connect
 from diffmesh.config import FrontendConfig
+from diffmesh.logs import request_id_from_headers, request_id_var
 from diffmesh.metrics import FrontendMetrics
 from frontend import images, text
 from frontend.bus import Requester
 from frontend.errors import error_response
 from frontend.openapi import build_openapi
 from frontend.registry import ModelRegistry
-from frontend.state import STATE, AppState
+from frontend.state import STATE, AppState, new_request_id
 from protocol.errors import MeshError, NotFound, Unauthorized
 from protocol.openai import ModelInfo, ModelList, json_encoder
 from router.core import Router, RouterConfig
@@ -50,6 +51,24 @@ async def errors_middleware(request: web.Request, handler):
     except Exception as exc:
         log.exception("unhandled error on %s", request.path)
         return error_response(MeshError(f"internal error: {type(exc).__name__}"))
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler):
+    """Adopt `x-request-id` / `traceparent` (or make an id), log with it, echo it back."""
+    request_id = _safe_id(request_id_from_headers(request.headers)) or new_request_id("req")
+    request_id_var.set(request_id)
+    response = await handler(request)
+    if not response.prepared:
+        response.headers["x-request-id"] = request_id
+    return response
+
+
+def _safe_id(value: str | None) -> str | None:
+    """Ids become NATS subject tokens: keep them short and plain."""
+    if value and len(value) <= 64 and all(c.isalnum() or c in "-_" for c in value):
+        return value
+    return None
 
 
 def auth_middleware(api_key: str | None):
@@ -117,7 +136,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def build_app(config: FrontendConfig) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, auth_middleware(config.api_key)],
+    app = web.Application(middlewares=[request_id_middleware, errors_middleware, auth_middleware(config.api_key)],
                           client_max_size=config.max_body_bytes)
     app.router.add_post("/v1/chat/completions", text.chat_completions)
     app.router.add_post("/v1/completions", text.completions)

@@ -10,6 +10,7 @@ import msgspec
 import numpy as np
 from aiohttp import web
 
+from diffmesh.logs import request_id_var
 from frontend.errors import envelope, error_response, from_validation
 from frontend.state import STATE, AppState, Dispatched, abandon, dispatch, new_request_id, raise_if_error, read_body, release
 from frontend.text import DONE, SSE_HEADERS
@@ -34,7 +35,7 @@ async def generations(request: web.Request) -> web.StreamResponse:
         entry = await state.registry.get(model)
         if "images" not in entry.card.kinds:
             raise InvalidRequest(f"model {model!r} does not generate images", param="$.model")
-        work = build_image_request(req, model, new_request_id("img"))
+        work = build_image_request(req, model, new_request_id(request_id_var.get() or "img"))
     except MeshError as exc:
         return error_response(exc)
     return await _serve(request, state, req, work)

@@ -44,7 +44,8 @@ class Dispatched:
 
 
 def new_request_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+    """Unique bus id; `prefix` may be a client's x-request-id, kept for log correlation."""
+    return f"{prefix[:40]}-{uuid.uuid4().hex[:16]}"
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

@@ -9,6 +9,7 @@ import msgspec
 import numpy as np
 from aiohttp import web
 
+from diffmesh.logs import request_id_var
 from frontend.errors import envelope, error_response, from_validation
 from frontend.registry import ModelEntry
 from frontend.state import STATE, AppState, Dispatched, abandon, dispatch, new_request_id, raise_if_error, read_body, release
@@ -47,7 +48,7 @@ async def _handle(request: web.Request, kind: str) -> web.StreamResponse:
         entry = await state.registry.get(req.model)
         if kind not in entry.card.kinds:
             raise InvalidRequest(f"model {req.model!r} does not serve {kind}", param="$.model")
-        work = _build_work(req, entry, kind, request.headers.get("x-request-id"))
+        work = _build_work(req, entry, kind, request_id_var.get())
     except MeshError as exc:
         response = error_response(exc)
         state.metrics.model(model).request_done(endpoint, "unary", str(response.status))
@@ -73,16 +74,9 @@ def _build_work(req: ChatCompletionRequest | CompletionRequest, entry: ModelEntr
         diffusion = DiffusionOptions(steps=ext.steps, block_length=ext.block_length, threshold=ext.threshold,
                                      remasking=ext.remasking or "low_confidence", cfg_scale=ext.cfg_scale or 0.0,
                                      use_cache=ext.use_cache)
-    return GenerateRequest(request_id=_valid_id(request_id) or new_request_id("cmpl"), model=req.model,
+    return GenerateRequest(request_id=new_request_id(request_id or "cmpl"), model=req.model,
                            token_ids=np.ascontiguousarray(tokens).tobytes(), sampling=sampling, diffusion=diffusion,
                            stream=req.stream)
-
-
-def _valid_id(value: str | None) -> str | None:
-    """An incoming x-request-id becomes the bus id when it is a valid subject token."""
-    if value and len(value) <= 64 and all(c.isalnum() or c in "-_" for c in value):
-        return value
-    return None
 
 
 class _Formatter:

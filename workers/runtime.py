@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 
 from diffmesh.bus import connect
 from diffmesh.config import NatsConfig
+from diffmesh.logs import request_id_var
 from protocol import subjects
 from protocol.control import Cancel, ClearCache, ControlAck, DumpKv, KvDump, control_decoder, control_encoder
 from protocol.errors import EngineError, MeshError, Overloaded
@@ -227,6 +228,7 @@ class WorkerRuntime:
         task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, request: WorkRequest, ctx: RequestContext, reply: str) -> None:
+        request_id_var.set(request.request_id)  # this task's context: engine logs carry the id
         seq = 0
         if self._slots.locked():
             await self._reply(reply, Ack(request_id=request.request_id, worker_id=self.worker_id, queued=True))
