@@ -1,0 +1,1 @@
+"""Masked-diffusion LM worker (LLaDA family): engine (torch) and bus adapter."""
