@@ -5,14 +5,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.util
 import sys
 
 from diffmesh import logs
 from diffmesh.config import ConfigError, FrontendConfig, from_env, nats_from_env
 
-WORKER_KINDS = {  # kind -> module with add_arguments(parser) and build_engine(args)
+WORKER_KINDS = {  # kind -> module with add_arguments(parser) and build_engine(args); ML imports only in build_engine
     "mocker": "workers.mocker.worker",
+    "dllm": "workers.dllm.worker",
+    "image": "workers.image.worker",
 }
+
+
+ML_PACKAGES = {"torch", "transformers", "diffusers", "accelerate", "safetensors"}
+
+
+def available_kinds() -> dict[str, object]:
+    """Worker kinds whose module imports here (a slim frontend image has only the mocker)."""
+    kinds = {}
+    for kind, name in WORKER_KINDS.items():
+        if importlib.util.find_spec(name) is None:
+            continue
+        try:
+            kinds[kind] = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # the ML extra is not installed; any other error is a bug and raises
+            if exc.name not in ML_PACKAGES:
+                raise
+    return kinds
 
 
 def _add_nats_flags(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_frontend_flags(up)
     up.add_argument("--nats-port", type=int, default=4222, help="embedded NATS port (a free one if taken)")
     up.add_argument("--mocker", type=int, default=1, help="mocker workers to start")
+    up.add_argument("--dllm", type=int, default=1, help="dLLM workers to start (tiny default model built on first run)")
+    up.add_argument("--image", type=int, default=1, help="image workers to start (tiny default pipeline built on first run)")
     up.add_argument("--mocker-speedup", type=float, default=1.0, help="mocker speedup ratio ('inf' = no simulated time)")
     up.add_argument("--namespace")
     up.add_argument("--dry-run", action="store_true", help="print what would start and exit")
@@ -73,14 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="serve one engine on the mesh")
     kinds = worker.add_subparsers(dest="kind", required=True)
-    for kind, module in WORKER_KINDS.items():
+    for kind, module in available_kinds().items():
         kind_parser = kinds.add_parser(kind, help=f"{kind} worker")
         _add_nats_flags(kind_parser)
         kind_parser.add_argument("--worker-id", help="stable worker id (default: random)")
         kind_parser.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds")
         kind_parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM")
         kind_parser.add_argument("--dry-run", action="store_true", help="build the engine's configuration and exit")
-        importlib.import_module(module).add_arguments(kind_parser)
+        module.add_arguments(kind_parser)
 
     nats_cmd = sub.add_parser("nats", help="run a standalone nats-server with the mesh's settings (JetStream, 8 MB payloads)")
     nats_cmd.add_argument("--port", type=int, default=4222)

@@ -68,11 +68,17 @@ async def _until_signal(start) -> None:
 
 
 def _worker_commands(args: argparse.Namespace, nats_url: str) -> list[list[str]]:
+    from diffmesh.cli import available_kinds
+
     base = [sys.executable, "-m", "diffmesh.cli", "--log-level", args.log_level, "--log-format", args.log_format, "worker"]
     common = ["--nats-url", nats_url, "--namespace", args.namespace or "dm"]
-    commands = []
-    for _ in range(args.mocker):
-        commands.append(base + ["mocker", *common, "--speedup-ratio", str(args.mocker_speedup)])
+    kinds = available_kinds()
+    commands = [base + ["mocker", *common, "--speedup-ratio", str(args.mocker_speedup)] for _ in range(args.mocker)]
+    for kind, count in (("dllm", args.dllm), ("image", args.image)):
+        if count and kind not in kinds:
+            print(f"diffmesh up: no {kind} worker in this install (pip install 'diffmesh[ml]'); skipping it", file=sys.stderr)
+            continue
+        commands += [base + [kind, *common] for _ in range(count)]
     return commands
 
 

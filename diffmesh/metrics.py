@@ -74,6 +74,8 @@ class ModelMetrics:
 
 
 class RouterMetrics:
+    """Router metrics; gauges are refreshed from the Router's own counters when /metrics is scraped."""
+
     def __init__(self, registry: CollectorRegistry):
         r, p = registry, "dynamo_router"
         self.decisions = Counter(f"{p}_requests", "Routing decisions by mode", ["mode"], registry=r)
@@ -86,4 +88,10 @@ class RouterMetrics:
                                  ["worker_id"], registry=r)
         self.worker_blocks = Gauge("dynamo_frontend_worker_active_decode_blocks", "Predicted active KV blocks per worker",
                                    ["worker_id"], registry=r)
+        self.worker_requests = Gauge(f"{p}_worker_active_requests", "Predicted requests in flight per worker",
+                                     ["worker_id"], registry=r)
+        self.indexed_blocks = Gauge(f"{p}_indexed_blocks", "Cached blocks the router's index holds per worker",
+                                    ["worker_id"], registry=r)
+        self.kv_dumps = Gauge(f"{p}_kv_dumps", "Full KV dumps applied (first sight, event-id gaps)", registry=r)
+        self.kv_gaps = Gauge(f"{p}_kv_event_gaps", "Event-id gaps detected", registry=r)
         self.workers = Gauge(f"{p}_live_workers", "Workers with a fresh heartbeat", ["model"], registry=r)
