@@ -23,9 +23,7 @@ from frontend.registry import ModelRegistry
 from frontend.state import STATE, AppState, new_request_id
 from protocol.errors import MeshError, NotFound, Unauthorized
 from protocol.openai import ModelInfo, ModelList, json_encoder
-from router.core import Router, RouterConfig
-from router.policy import PolicyConfig
-from router.service import RouterService
+from router.service import build_router_service
 
 log = logging.getLogger("diffmesh.frontend")
 NC: web.AppKey[nats.NATS] = web.AppKey("diffmesh_nc", nats.NATS)
@@ -121,12 +119,15 @@ def _refresh_router_gauges(state: AppState) -> None:
     m.kv_hit_rate.set(router.hit_rate)
     for (kind, status), count in router.stats.applied.items():
         m.events.labels(kind, status).set(count)
-    m.worker_load.clear()
-    m.worker_blocks.clear()
-    m.workers.clear()
+    m.kv_dumps.set(router.stats.num_dumps)
+    m.kv_gaps.set(router.stats.num_gaps)
+    for gauge in (m.worker_load, m.worker_blocks, m.worker_requests, m.indexed_blocks, m.workers):
+        gauge.clear()
     for s in router.tracker.workers.values():
         m.worker_load.labels(s.worker_id).set(s.predicted_prefill_tokens)
         m.worker_blocks.labels(s.worker_id).set(s.num_active_blocks)
+        m.worker_requests.labels(s.worker_id).set(s.num_active)
+        m.indexed_blocks.labels(s.worker_id).set(router.index.num_blocks(s.worker_id) + router.approx.num_blocks(s.worker_id))
     for name, workers in state.registry.live_models().items():
         m.workers.labels(name).set(len(workers))
 
@@ -156,8 +157,7 @@ def build_app(config: FrontendConfig) -> web.Application:
 def _bus_context(config: FrontendConfig):
     async def context(app: web.Application):
         nc = await connect(config.nats, name="diffmesh-frontend")
-        policy = PolicyConfig(mode=config.router_mode)
-        router_service = RouterService(nc, config.namespace, Router(RouterConfig(policy=policy)))
+        router_service = build_router_service(nc, config.namespace, config.router_mode, config.router_url)
         requester = Requester(nc, config.namespace)
         registry = ModelRegistry(nc, config.namespace, router_service.router.live_workers)
         router_service.on_worker_lost(requester.fail_worker)

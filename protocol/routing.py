@@ -35,6 +35,7 @@ class RouteError(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", ta
     code: str
     message: str
     retry_after: float | None = None
+    param: str | None = None  # JSON path of the offending request field (InvalidRequest)
 
 
 class SyncEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -45,7 +46,7 @@ class SyncEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     kind: Literal["add", "prefill_done", "free"]
     worker_id: str = ""
     prefill_tokens: int = 0
-    blocks: list[int] = []
+    blocks: list[int] = []  # router prefix keys of the request's blocks (router.keys), for "add"
 
 
 routing_encoder = msgspec.msgpack.Encoder()

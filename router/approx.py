@@ -10,30 +10,37 @@ from router.index import KvIndex
 
 
 class ApproxIndex:
-    """A KvIndex fed by routing decisions; entries expire after `ttl_s` and the total is capped (oldest pruned)."""
+    """A KvIndex fed by routing decisions; entries expire after `ttl_s` and the total is capped (soonest-expiring pruned)."""
 
     def __init__(self, ttl_s: float = 120.0, max_blocks: int = 1 << 20, prune_ratio: float = 0.8):
+        if ttl_s <= 0 or max_blocks < 1 or not 0 < prune_ratio <= 1:
+            raise ValueError(f"approx ttl_s={ttl_s}, max_blocks={max_blocks}, prune_ratio={prune_ratio} out of range")
         self.ttl_s = ttl_s
         self.max_blocks = max_blocks
-        self.prune_ratio = prune_ratio
+        self.prune_ratio = prune_ratio  # a full index is pruned down to max_blocks × prune_ratio
         self.index = KvIndex()
-        self._expiry: dict[tuple[str, int], float] = {}  # (worker, block_hash) -> expiry time
-        self._heap: list[tuple[float, str, int]] = []  # lazy: stale entries are skipped
+        self._expiry: dict[tuple[str, int], float] = {}  # (worker, prefix key) -> expiry time
+        self._heap: list[tuple[float, str, int]] = []  # lazy: entries refreshed later are skipped when popped
+        self.num_pruned = 0  # entries dropped by the size cap (not by their TTL)
 
     def __len__(self) -> int:
         return len(self._expiry)
 
-    def record(self, worker: str, local_hashes: Sequence[int], seq_hashes: Sequence[int], now: float) -> None:
-        """The request went to `worker`: treat its blocks as cached there until now + ttl."""
-        if not seq_hashes:
+    def record(self, worker: str, local_hashes: Sequence[int], keys: Sequence[int], now: float) -> None:
+        """The request went to `worker`: treat its blocks as cached there until now + ttl (refreshing older entries)."""
+        if not keys:
             return
-        self.index.store(worker, None, [StoredBlock(s, l) for s, l in zip(seq_hashes, local_hashes)])
+        self.index.store(worker, None, [StoredBlock(key, local) for key, local in zip(keys, local_hashes)])
         expires = now + self.ttl_s
-        for block_hash in seq_hashes:
-            self._expiry[(worker, block_hash)] = expires
-            heapq.heappush(self._heap, (expires, worker, block_hash))
+        for key in keys:
+            self._expiry[(worker, key)] = expires
+            heapq.heappush(self._heap, (expires, worker, key))
         if len(self._expiry) > self.max_blocks:
-            self._prune(int(self.max_blocks * self.prune_ratio))
+            target = int(self.max_blocks * self.prune_ratio)
+            while self._heap and len(self._expiry) > target:
+                self.num_pruned += self._pop_one()
+        if len(self._heap) > 4 * max(len(self._expiry), 1024):
+            self._compact()
 
     def expire(self, now: float) -> int:
         """Drop entries whose TTL passed; returns how many."""
@@ -42,22 +49,23 @@ class ApproxIndex:
             dropped += self._pop_one()
         return dropped
 
-    def _prune(self, target: int) -> None:
-        while self._heap and len(self._expiry) > target:
-            self._pop_one()
-
     def _pop_one(self) -> int:
-        expires, worker, block_hash = heapq.heappop(self._heap)
-        if self._expiry.get((worker, block_hash)) != expires:
-            return 0  # refreshed later; a newer heap entry stands for it
-        del self._expiry[(worker, block_hash)]
-        self.index.remove(worker, [block_hash])
+        expires, worker, key = heapq.heappop(self._heap)
+        if self._expiry.get((worker, key)) != expires:
+            return 0  # refreshed later (or its worker left); a newer heap entry stands for it
+        del self._expiry[(worker, key)]
+        self.index.remove(worker, [key])
         return 1
+
+    def _compact(self) -> None:
+        """Rebuild the heap from live entries (refreshes leave stale ones behind)."""
+        self._heap = [(expires, worker, key) for (worker, key), expires in self._expiry.items()]
+        heapq.heapify(self._heap)
 
     def remove_worker(self, worker: str) -> None:
         self.index.remove_worker(worker)
-        for key in [k for k in self._expiry if k[0] == worker]:
-            del self._expiry[key]
+        for entry in [e for e in self._expiry if e[0] == worker]:
+            del self._expiry[entry]
 
     def find_matches(self, local_hashes: Sequence[int]) -> dict[str, int]:
         return self.index.find_matches(local_hashes)

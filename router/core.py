@@ -1,4 +1,4 @@
-"""The router as plain values: worker tracking, event index, approximate index and policy together. No NATS."""
+"""The router as plain values: worker tracking, event index, approximate index, policy and replica sync. No NATS."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 
 from protocol.control import KvDump
 from protocol.errors import InvalidRequest, Overloaded, WorkerUnavailable
-from protocol.events import Heartbeat, KvCleared, KvEvent, KvEventBatch, KvRemoved, KvStored, LoadReport, WorkerCard
-from protocol.kv import chain_hashes, local_block_hashes, tokens_from_bytes
-from protocol.routing import RouteDecision, RouteRequest
+from protocol.events import Heartbeat, KvEventBatch, LoadReport, WorkerCard
+from protocol.kv import local_block_hashes, tokens_from_bytes
+from protocol.routing import RouteDecision, RouteRequest, SyncEvent
 from router import policy
 from router.approx import ApproxIndex
+from router.feed import EventFeed, EventStats
 from router.index import KvIndex
+from router.keys import prefix_keys
 from router.tracker import WorkerState, WorkerTracker
 
 
@@ -26,32 +28,31 @@ class RouterConfig:
     approx_max_blocks: int = 1 << 20
     lapse_factor: float = 3.0  # missed heartbeat intervals before a worker counts as gone
     retry_after_s: float = 1.0  # suggested to clients when every worker is busy
+    sync_max_age_s: float = 900.0  # a replica's request never freed is dropped after this (that replica died)
 
-
-@dataclass
-class EventStats:
-    applied: dict[tuple[str, str], int] = field(default_factory=dict)  # (event type, status) -> count
-
-    def count(self, kind: str, status: str) -> None:
-        self.applied[(kind, status)] = self.applied.get((kind, status), 0) + 1
+    def __post_init__(self) -> None:
+        if self.approx_block_size < 1 or self.lapse_factor <= 0:
+            raise ValueError(f"router approx_block_size={self.approx_block_size} and lapse_factor={self.lapse_factor} "
+                             "must be positive")
 
 
 class Router:
-    """Feed it worker events; ask it where a request goes."""
+    """Feed it worker events; ask it where a request goes. With a `router_id`, load changes go to `outbox` for replicas."""
 
     def __init__(self, config: RouterConfig = RouterConfig(), rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, router_id: str | None = None):
         self.config = config
         self.rng = rng or random.Random()
         self.clock = clock
+        self.router_id = router_id
+        self.outbox: list[SyncEvent] = []  # sync events for the other replicas; the service publishes and clears it
         self.tracker = WorkerTracker(config.lapse_factor)
         self.index = KvIndex()
         self.approx = ApproxIndex(config.approx_ttl_s, config.approx_max_blocks)
         self.stats = EventStats()
-        self.num_matched_blocks = 0  # hit rate = matched / total request blocks
+        self.feed = EventFeed(self.index, self.stats)
+        self.num_matched_blocks = 0  # hit rate = matched / total request blocks, over this router's decisions
         self.num_request_blocks = 0
-        self._last_event_id: dict[str, int] = {}
-        self._dumping: dict[str, list[KvEvent]] = {}  # worker -> events buffered while its dump is pending
         self._rr = 0
         self._behind_since: dict[str, float] = {}  # worker -> when its heartbeat first announced unseen events
 
@@ -60,94 +61,67 @@ class Router:
     def on_heartbeat(self, beat: Heartbeat) -> bool:
         """Record a heartbeat; True if the router should ask this worker for a KV dump."""
         card = beat.card
-        is_new = self.tracker.heartbeat(card, beat.load, beat.last_kv_event_id, beat.interval_s, self.clock(), beat.draining)
-        if not card.publishes_kv_events or card.worker_id in self._dumping:
+        is_new = self.tracker.heartbeat(card, beat.load, beat.last_kv_event_id, beat.interval_s, self.clock(),
+                                        beat.draining)
+        state = self.tracker.workers[card.worker_id]
+        state.is_busy = policy.is_busy(state, self.config.policy)
+        if not card.publishes_kv_events or self.feed.is_dumping(card.worker_id):
             return False
-        behind = beat.last_kv_event_id > self._last_event_id.get(card.worker_id, 0)
-        return (is_new and beat.last_kv_event_id > 0) or (behind and not is_new and self._stale(card.worker_id))
+        if beat.last_kv_event_id <= self.feed.last_event_id.get(card.worker_id, 0):
+            self._behind_since.pop(card.worker_id, None)
+            return False
+        return is_new or self._stale(card.worker_id, beat.interval_s)
 
-    def _stale(self, worker_id: str) -> bool:
-        """Heartbeat says events exist that never arrived for a whole interval."""
+    def _stale(self, worker_id: str, interval_s: float) -> bool:
+        """The heartbeat announced events that have not arrived for a whole interval."""
         now = self.clock()
         since = self._behind_since.setdefault(worker_id, now)
-        return now - since >= self.tracker.workers[worker_id].interval_s
+        return now - since >= interval_s
 
     def on_goodbye(self, worker_id: str) -> None:
         self._forget(worker_id)
 
     def on_load(self, report: LoadReport) -> None:
-        self.tracker.report_load(report)
+        state = self.tracker.report_load(report)
+        if state is not None:
+            state.is_busy = policy.is_busy(state, self.config.policy)
 
     def expire(self) -> list[str]:
-        """Forget workers whose heartbeat lapsed and expired approximate entries; returns the lapsed ids."""
+        """Forget lapsed workers, expired approximate entries and stale replica requests; returns the lapsed ids."""
         now = self.clock()
         lapsed = self.tracker.expire(now)
         for worker_id in lapsed:
             self._forget(worker_id)
         self.approx.expire(now)
+        self.tracker.drop_stale(now, self.config.sync_max_age_s)
         return lapsed
 
     def _forget(self, worker_id: str) -> None:
         self.tracker.remove(worker_id)
-        self.index.remove_worker(worker_id)
+        self.feed.forget(worker_id)
         self.approx.remove_worker(worker_id)
-        self._last_event_id.pop(worker_id, None)
-        self._dumping.pop(worker_id, None)
         self._behind_since.pop(worker_id, None)
 
     def on_kv_events(self, batch: KvEventBatch) -> bool:
-        """Apply events in id order; True if a gap was found and a dump is needed."""
-        worker = batch.worker_id
-        if worker in self._dumping:
-            self._dumping[worker].extend(batch.events)
+        """Apply a worker's events in id order; True if a gap was found and a dump is needed."""
+        if batch.worker_id not in self.tracker.workers:
+            self.stats.count("batch", "unknown_worker")  # its first heartbeat will ask for a dump
             return False
-        for event in batch.events:
-            last = self._last_event_id.get(worker, 0)
-            if event.event_id <= last:
-                self.stats.count(_kind(event), "duplicate")
-                continue
-            if event.event_id > last + 1:
-                self.stats.count(_kind(event), "gap")
-                self._dumping[worker] = [e for e in batch.events if e.event_id >= event.event_id]
-                return True
-            self._apply(worker, event)
-        return False
+        return self.feed.on_events(batch.worker_id, batch.events)
 
     def begin_dump(self, worker_id: str) -> None:
-        self._dumping.setdefault(worker_id, [])
+        self.feed.begin_dump(worker_id)
 
-    def apply_dump(self, dump: KvDump) -> None:
-        """Replace a worker's blocks by its dump, then replay events that arrived after it."""
-        worker = dump.worker_id
-        buffered = self._dumping.pop(worker, [])
-        self.index.clear(worker)
-        for event in dump.events:
-            self._apply_data(worker, event)
-        self._last_event_id[worker] = dump.last_event_id
-        self._behind_since.pop(worker, None)
-        later = sorted((e for e in buffered if e.event_id > dump.last_event_id), key=lambda e: e.event_id)
-        if later:
-            self.on_kv_events(KvEventBatch(worker_id=worker, events=later))
+    def apply_dump(self, dump: KvDump) -> bool:
+        """Replace a worker's blocks by its dump; True if newer held-back events still have a gap (dump again)."""
+        if dump.worker_id not in self.tracker.workers:
+            self.feed.abort_dump(dump.worker_id)
+            return False
+        self._behind_since.pop(dump.worker_id, None)
+        return self.feed.apply_dump(dump)
 
     def abort_dump(self, worker_id: str) -> None:
-        self._dumping.pop(worker_id, None)
-
-    def _apply(self, worker: str, event: KvEvent) -> None:
-        self._last_event_id[worker] = event.event_id
-        self._behind_since.pop(worker, None)
-        self._apply_data(worker, event)
-
-    def _apply_data(self, worker: str, event: KvEvent) -> None:
-        match event.data:
-            case KvStored(parent_hash=parent, blocks=blocks):
-                ok = self.index.store(worker, parent, blocks)
-                self.stats.count("stored", "ok" if ok else "parent_not_found")
-            case KvRemoved(block_hashes=hashes):
-                self.index.remove(worker, hashes)
-                self.stats.count("removed", "ok")
-            case KvCleared():
-                self.index.clear(worker)
-                self.stats.count("cleared", "ok")
+        self.feed.abort_dump(worker_id)
 
     # --- routing --------------------------------------------------------------------------------
 
@@ -155,72 +129,102 @@ class Router:
         return [s.card for s in self.tracker.live(model)]
 
     def route(self, request: RouteRequest) -> RouteDecision:
-        """Pick a worker for the request and add its predicted load. Raises WorkerUnavailable / Overloaded."""
-        states = [s for s in self.tracker.live(request.model) if s.worker_id not in request.exclude]
-        if not states:
-            raise WorkerUnavailable(f"no live worker serves model {request.model!r}", retry_after=self.config.retry_after_s)
-        if request.worker_id is not None:
-            return self._direct(request, states)
-        free = [s for s in states if not policy.is_busy(s, self.config.policy)]
-        if not free:
-            raise Overloaded("all workers are busy, please retry later", retry_after=self.config.retry_after_s)
+        """Pick a worker and add its predicted load. Raises WorkerUnavailable, Overloaded or InvalidRequest."""
         mode = request.mode or self.config.policy.mode
         if mode not in policy.MODES:
             raise InvalidRequest(f"router mode {mode!r} is not one of {', '.join(policy.MODES)}", param="$.nvext.router_mode")
+        states = [s for s in self.tracker.live(request.model) if not s.is_draining and s.worker_id not in request.exclude]
+        if not states:
+            raise WorkerUnavailable(f"no live worker serves model {request.model!r}", retry_after=self.config.retry_after_s)
+        if request.worker_id is not None or mode == "direct":
+            return self._decide(request, [self._direct(request, states)], "direct")
+        free = [s for s in states if not s.is_busy]
+        if not free:
+            raise Overloaded("all workers are busy, please retry later", retry_after=self.config.retry_after_s)
         return self._decide(request, free, mode)
 
-    def _direct(self, request: RouteRequest, states: list[WorkerState]) -> RouteDecision:
+    def _direct(self, request: RouteRequest, states: list[WorkerState]) -> WorkerState:
+        if request.worker_id is None:
+            raise InvalidRequest("router mode 'direct' needs a worker_id", param="$.nvext.worker_id")
         chosen = next((s for s in states if s.worker_id == request.worker_id), None)
         if chosen is None:
-            raise WorkerUnavailable(f"worker {request.worker_id!r} is not live for model {request.model!r}")
-        return self._decide(request, [chosen], "direct")
+            raise WorkerUnavailable(f"worker {request.worker_id!r} is not live for model {request.model!r}",
+                                    retry_after=self.config.retry_after_s)
+        return chosen
 
     def _decide(self, request: RouteRequest, states: list[WorkerState], mode: str) -> RouteDecision:
         t0 = time.perf_counter()
-        approx = not states[0].card.publishes_kv_events
-        block_size = self.config.approx_block_size if approx else max(states[0].card.block_size, 1)
-        tokens = tokens_from_bytes(request.token_ids)
-        local = local_block_hashes(tokens, block_size, request.mm_objects)
-        chained = chain_hashes(local)
+        card = states[0].card
+        is_approx = not card.publishes_kv_events
+        block_size = self.config.approx_block_size if is_approx else max(card.block_size, 1)
+        num_tokens = len(request.token_ids) // 4
+        local = local_block_hashes(tokens_from_bytes(request.token_ids), block_size, request.mm_objects)
+        keys = prefix_keys(local)
         t1 = time.perf_counter()
-        index = self.approx if approx else self.index
-        matches = index.find_matches(local) if mode in ("kv", "direct") else {}
+        index = self.approx if is_approx else self.index
+        overlaps = index.find_matches(local)
         t2 = time.perf_counter()
-        candidates = [policy.Candidate(s, matches.get(s.worker_id, 0), index.num_blocks(s.worker_id)) for s in states]
-        scored = policy.kv_costs(candidates, len(tokens), block_size, chained, self.config.policy.overlap_weight)
-        best = self._pick(mode, scored, candidates)
-        t3 = time.perf_counter()
-        self.tracker.add_request(request.request_id, best.worker_id, best.prefill_tokens, chained)
-        if approx:
-            self.approx.record(best.worker_id, local, chained, self.clock())
-        self.num_matched_blocks += best.overlap_blocks
+        costs = policy.kv_costs(states, overlaps, num_tokens, block_size, keys, self.config.policy.overlap_weight)
+        chosen = self._choose(mode, states, costs, index)
+        worker_id = states[chosen].worker_id
+        overlap = overlaps.get(worker_id, 0)
+        prefill_tokens = max(num_tokens - overlap * block_size, 0)
+        self._add(request.request_id, worker_id, prefill_tokens, keys)
+        if is_approx:
+            self.approx.record(worker_id, local, keys, self.clock())
+        self.num_matched_blocks += overlap
         self.num_request_blocks += len(local)
-        return RouteDecision(worker_id=best.worker_id, component=states[0].card.component, overlap_blocks=best.overlap_blocks,
-                             num_blocks=len(local), cost=best.cost, mode=mode, hash_s=t1 - t0, match_s=t2 - t1, score_s=t3 - t2)
+        t3 = time.perf_counter()
+        return RouteDecision(worker_id=worker_id, component=card.component, overlap_blocks=overlap, num_blocks=len(local),
+                             cost=costs[chosen], mode=mode, hash_s=t1 - t0, match_s=t2 - t1, score_s=t3 - t2)
 
-    def _pick(self, mode: str, scored: list[policy.Scored], candidates: list[policy.Candidate]) -> policy.Scored:
-        by_id = {s.worker_id: s for s in scored}
+    def _choose(self, mode: str, states: list[WorkerState], costs: list[float], index: KvIndex | ApproxIndex) -> int:
         if mode in ("kv", "direct"):
-            sizes = {c.state.worker_id: c.tree_size for c in candidates}
-            return policy.pick(scored, sizes, self.config.policy.temperature, self.rng)
+            return policy.pick(costs, lambda i: index.num_blocks(states[i].worker_id), self.config.policy.temperature,
+                               self.rng)
         if mode == "round_robin":
-            ordered = sorted(by_id)
             self._rr += 1
-            return by_id[ordered[self._rr % len(ordered)]]
+            ordered = sorted(range(len(states)), key=lambda i: states[i].worker_id)
+            return ordered[self._rr % len(ordered)]
         if mode == "random":
-            return self.rng.choice(scored)
-        return by_id[policy.least_loaded([c.state for c in candidates], self.rng).worker_id]
+            return self.rng.randrange(len(states))
+        return policy.least_loaded(states, self.rng)
+
+    def _add(self, request_id: str, worker_id: str, prefill_tokens: int, keys: list[int]) -> None:
+        if self.tracker.add_request(request_id, worker_id, prefill_tokens, keys, now=self.clock()) and self.router_id:
+            self.outbox.append(SyncEvent(router_id=self.router_id, request_id=request_id, kind="add", worker_id=worker_id,
+                                         prefill_tokens=prefill_tokens, blocks=keys))
 
     def on_first_token(self, request_id: str) -> None:
-        self.tracker.mark_prefill_done(request_id)
+        if self.tracker.mark_prefill_done(request_id) and self.router_id:
+            self.outbox.append(SyncEvent(router_id=self.router_id, request_id=request_id, kind="prefill_done"))
 
     def on_finish(self, request_id: str) -> None:
-        self.tracker.free(request_id)
+        if self.tracker.free(request_id) and self.router_id:
+            self.outbox.append(SyncEvent(router_id=self.router_id, request_id=request_id, kind="free"))
+
+    def apply_sync(self, event: SyncEvent) -> None:
+        """Load another replica added or removed (our own events come back on the subject too and are ignored)."""
+        if event.router_id == self.router_id:
+            return
+        match event.kind:
+            case "add":
+                self.tracker.add_request(event.request_id, event.worker_id, event.prefill_tokens, event.blocks,
+                                         origin=event.router_id, now=self.clock())
+            case "prefill_done":
+                self.tracker.mark_prefill_done(event.request_id)
+            case "free":
+                self.tracker.free(event.request_id)
+
+    def take_outbox(self) -> list[SyncEvent]:
+        taken, self.outbox = self.outbox, []
+        return taken
+
+    def note_decision(self, decision: RouteDecision) -> None:
+        """Count a decision another router made for us (remote mode) towards the hit rate."""
+        self.num_matched_blocks += decision.overlap_blocks
+        self.num_request_blocks += decision.num_blocks
 
     @property
     def hit_rate(self) -> float:
         return self.num_matched_blocks / self.num_request_blocks if self.num_request_blocks else 0.0
-
-
-def _kind(event: KvEvent) -> str:
-    return {KvStored: "stored", KvRemoved: "removed", KvCleared: "cleared"}[type(event.data)]

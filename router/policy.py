@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from router.keys import leading_active
 from router.tracker import WorkerState
 
-MODES = ("kv", "round_robin", "random", "least_loaded")
+MODES = ("kv", "round_robin", "random", "least_loaded", "direct")
+_TIE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -18,33 +20,21 @@ class PolicyConfig:
     overlap_weight: float = 1.0  # weight of prefill blocks against decode blocks in the cost
     temperature: float = 0.0  # 0 = argmin; > 0 samples from a softmax over normalised costs
     busy_kv_fraction: float = 0.95  # a worker using more of its KV blocks than this is busy
-    busy_waiting: int | None = None  # a worker with this many waiting requests is busy (None = its max_queue)
+    busy_waiting: int | None = None  # a worker with this many waiting requests is busy (None = capacity + max_queue)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"router mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.overlap_weight < 0 or self.temperature < 0:
-            raise ValueError("router overlap_weight and temperature must be >= 0")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    state: WorkerState
-    overlap_blocks: int  # request prefix blocks this worker already holds
-    tree_size: int  # blocks the index holds for this worker (tie-break)
-
-
-@dataclass(frozen=True)
-class Scored:
-    worker_id: str
-    cost: float
-    overlap_blocks: int
-    prefill_tokens: int
+            raise ValueError(f"router overlap_weight={self.overlap_weight} and temperature={self.temperature} must be >= 0")
+        if not 0 < self.busy_kv_fraction <= 1:
+            raise ValueError(f"router busy_kv_fraction={self.busy_kv_fraction} must be in (0, 1]")
 
 
 def is_busy(state: WorkerState, config: PolicyConfig) -> bool:
+    """Over a threshold at the worker's last report: full queue, too many waiting, or KV nearly all in use."""
     load, card = state.load, state.card
-    if load.active_requests + load.waiting_requests >= card.capacity + card.max_queue:
+    if load.active_requests + load.waiting_requests >= card.capacity + card.max_queue > 0:
         return True
     if config.busy_waiting is not None and load.waiting_requests >= config.busy_waiting:
         return True
@@ -52,41 +42,48 @@ def is_busy(state: WorkerState, config: PolicyConfig) -> bool:
     return bool(total) and load.active_decode_blocks / total > config.busy_kv_fraction
 
 
-def kv_costs(candidates: Sequence[Candidate], num_tokens: int, block_size: int, request_blocks: Sequence[int],
-             overlap_weight: float) -> list[Scored]:
-    """cost = overlap_weight × prefill_blocks + decode_blocks (lower is better)."""
-    scored = []
-    bs = max(block_size, 1)
-    for c in candidates:
-        new_tokens = max(num_tokens - c.overlap_blocks * bs, 0)
-        prefill_tokens = c.state.predicted_prefill_tokens + new_tokens
-        new_blocks = sum(1 for b in request_blocks if b not in c.state.active_blocks)
-        decode_blocks = c.state.num_active_blocks + new_blocks
-        cost = overlap_weight * prefill_tokens / bs + decode_blocks
-        scored.append(Scored(c.state.worker_id, cost, c.overlap_blocks, new_tokens))
-    return scored
+def kv_costs(states: Sequence[WorkerState], overlaps: dict[str, int], num_tokens: int, block_size: int,
+             keys: Sequence[int], overlap_weight: float) -> list[float]:
+    """cost = overlap_weight × prefill_blocks + decode_blocks per worker (lower is better).
+
+    prefill_blocks = (predicted prefill tokens + prompt tokens not cached there) / block_size;
+    decode_blocks = the worker's active blocks + the request's blocks not already active there.
+    """
+    costs = []
+    num_blocks = len(keys)
+    for state in states:
+        new_tokens = max(num_tokens - overlaps.get(state.card.worker_id, 0) * block_size, 0)
+        prefill_blocks = (state.predicted_prefill_tokens + new_tokens) / block_size
+        new_blocks = num_blocks - leading_active(state.active_blocks, keys)
+        costs.append(overlap_weight * prefill_blocks + len(state.active_blocks) + new_blocks)
+    return costs
 
 
-def pick(scored: Sequence[Scored], tree_sizes: dict[str, int], temperature: float, rng: random.Random) -> Scored:
-    """Argmin with ties to the smaller tree then random; softmax sampling when temperature > 0."""
-    if temperature > 0 and len(scored) > 1:
-        low, high = min(s.cost for s in scored), max(s.cost for s in scored)
-        if high > low:
-            weights = [math.exp(-(s.cost - low) / ((high - low) * temperature)) for s in scored]
-            return rng.choices(list(scored), weights=weights)[0]
-        return rng.choice(list(scored))
-    best = min(s.cost for s in scored)
-    tied = [s for s in scored if s.cost - best <= 1e-9]
-    smallest = min(tree_sizes.get(s.worker_id, 0) for s in tied)
-    tied = [s for s in tied if tree_sizes.get(s.worker_id, 0) == smallest]
+def pick(costs: Sequence[float], tree_size: Callable[[int], int], temperature: float, rng: random.Random) -> int:
+    """Index of the chosen cost: argmin, ties to the smaller tree then random; softmax sampling when temperature > 0."""
+    if temperature > 0 and len(costs) > 1:
+        return softmax_sample(costs, temperature, rng)
+    best = min(costs)
+    tied = [i for i, cost in enumerate(costs) if cost - best <= _TIE]
+    if len(tied) == 1:
+        return tied[0]
+    sizes = [tree_size(i) for i in tied]
+    smallest = min(sizes)
+    tied = [i for i, size in zip(tied, sizes) if size == smallest]
     return tied[0] if len(tied) == 1 else rng.choice(tied)
 
 
-def least_loaded(states: Sequence[WorkerState], rng: random.Random) -> WorkerState:
-    """Fewest requests: the worker's last report or this router's own count, whichever is higher."""
+def softmax_sample(costs: Sequence[float], temperature: float, rng: random.Random) -> int:
+    """p_i ∝ exp(-(c_i - c_min) / ((c_max - c_min)·T)); uniform when all costs are equal (Dynamo)."""
+    low, high = min(costs), max(costs)
+    if high - low <= _TIE:
+        return rng.randrange(len(costs))
+    weights = [math.exp(-(cost - low) / ((high - low) * temperature)) for cost in costs]
+    return rng.choices(range(len(costs)), weights=weights)[0]
 
-    def load(s: WorkerState) -> int:
-        return max(s.load.active_requests + s.load.waiting_requests, s.num_active)
 
-    low = min(load(s) for s in states)
-    return rng.choice([s for s in states if load(s) == low])
+def least_loaded(states: Sequence[WorkerState], rng: random.Random) -> int:
+    """Index of the worker with the fewest requests: its last report or the routers' own count, whichever is higher."""
+    loads = [max(s.load.active_requests + s.load.waiting_requests, s.num_active) for s in states]
+    low = min(loads)
+    return rng.choice([i for i, load in enumerate(loads) if load == low])

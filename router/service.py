@@ -1,38 +1,57 @@
-"""The only router file that talks to NATS: feeds the Router from the event plane and serves decisions."""
+"""The only router file that talks to NATS: feeds the Router from the event plane, syncs replicas, serves decisions."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable
 
 import msgspec
 import nats
 from nats.aio.msg import Msg
 
+from diffmesh.config import ConfigError
 from protocol import subjects
 from protocol.control import DumpKv, control_encoder, dump_decoder
+from protocol.errors import MeshError, WorkerUnavailable, error_from_code
 from protocol.events import Goodbye, Heartbeat, KvEventBatch, LoadReport, event_decoder
-from protocol.routing import RouteDecision, RouteRequest
-from router.core import Router
+from protocol.routing import (
+    RouteDecision, RouteError, RouteRequest, SyncEvent, route_reply_decoder, route_request_decoder, routing_encoder,
+    sync_decoder,
+)
+from router.core import Router, RouterConfig
+from router.policy import PolicyConfig
 
 log = logging.getLogger("diffmesh.router")
+MAX_DUMP_TRIES = 3  # dumps in a row for one worker when newer events still show a gap
+ROUTER_QUEUE_GROUP = "diffmesh-router"
+
+
+def new_router_id(prefix: str = "router") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 class RouterService:
-    """Embedded in a frontend: subscribes to every worker's heartbeats, KV events and load reports."""
+    """Subscribes to every worker's heartbeats, KV events and load reports; shares predicted load with replicas.
+
+    Embedded in a frontend by default; with `serve=True` it also answers RouteRequests (`diffmesh router`).
+    """
 
     def __init__(self, nc: nats.NATS, namespace: str, router: Router, expire_interval_s: float = 0.25,
-                 dump_timeout_s: float = 5.0):
+                 dump_timeout_s: float = 5.0, serve: bool = False, track_kv: bool = True):
         self.nc = nc
         self.ns = namespace
         self.router = router
         self.expire_interval_s = expire_interval_s
         self.dump_timeout_s = dump_timeout_s
+        self.serve = serve
+        self.track_kv = track_kv  # False: liveness only (a RemoteRouter's local view)
         self._lost_listeners: list[Callable[[str], None]] = []
         self._subs: list = []
         self._tasks: set[asyncio.Task] = set()
-        self._expiry: asyncio.Task | None = None
+        self._loops: list[asyncio.Task] = []
+        self._outbox_ready = asyncio.Event()
 
     def on_worker_lost(self, listener: Callable[[str], None]) -> None:
         """`listener(worker_id)` runs when a worker says goodbye or its heartbeat lapses."""
@@ -40,22 +59,28 @@ class RouterService:
 
     async def start(self) -> None:
         ns = self.ns
-        self._subs = [
-            await self.nc.subscribe(subjects.heartbeat_all(ns), cb=self._on_event),
-            await self.nc.subscribe(subjects.kv_events_all(ns), cb=self._on_event),
-            await self.nc.subscribe(subjects.load_events_all(ns), cb=self._on_event),
-        ]
-        self._expiry = asyncio.create_task(self._expire_loop())
+        wanted = [subjects.heartbeat_all(ns), subjects.load_events_all(ns)]
+        if self.track_kv:
+            wanted.append(subjects.kv_events_all(ns))
+        self._subs = [await self.nc.subscribe(subject, cb=self._on_event) for subject in wanted]
+        if self.router.router_id:
+            self._subs.append(await self.nc.subscribe(subjects.router_sync(ns), cb=self._on_sync))
+        if self.serve:
+            self._subs.append(await self.nc.subscribe(subjects.router_service(ns), queue=ROUTER_QUEUE_GROUP,
+                                                      cb=self._on_route))
+        self._loops = [asyncio.create_task(self._expire_loop()), asyncio.create_task(self._outbox_loop())]
         await self.nc.flush()
 
     async def stop(self) -> None:
         for sub in self._subs:
             await sub.unsubscribe()
-        if self._expiry:
-            self._expiry.cancel()
-        for task in list(self._tasks) + ([self._expiry] if self._expiry else []):
+        await self._publish_outbox()
+        tasks = [*self._tasks, *self._loops]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *( [self._expiry] if self._expiry else []), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- event plane ----------------------------------------------------------------------------
 
     async def _on_event(self, msg: Msg) -> None:
         try:
@@ -65,7 +90,7 @@ class RouterService:
             return
         match event:
             case Heartbeat():
-                if self.router.on_heartbeat(event):
+                if self.router.on_heartbeat(event) and self.track_kv:
                     self._spawn(self._dump(event.card.worker_id))
             case KvEventBatch():
                 if self.router.on_kv_events(event):
@@ -76,21 +101,30 @@ class RouterService:
                 self.router.on_goodbye(worker_id)
                 self._notify_lost(worker_id)
 
+    async def _on_sync(self, msg: Msg) -> None:
+        try:
+            self.router.apply_sync(sync_decoder.decode(msg.data))
+        except msgspec.DecodeError as exc:
+            log.warning("bad router sync event: %s", exc)
+
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _dump(self, worker_id: str) -> None:
-        """Ask a worker for its whole cache (first sight or event-id gap)."""
-        self.router.begin_dump(worker_id)
-        try:
-            reply = await self.nc.request(subjects.control(self.ns, worker_id), control_encoder.encode(DumpKv()),
-                                          timeout=self.dump_timeout_s)
-            self.router.apply_dump(dump_decoder.decode(reply.data))
-        except (nats.errors.Error, msgspec.DecodeError, asyncio.TimeoutError) as exc:
-            log.warning("kv dump from %s failed: %s", worker_id, exc)
-            self.router.abort_dump(worker_id)
+        """Ask a worker for its whole cache (first sight, event-id gap, or events announced but never seen)."""
+        for _ in range(MAX_DUMP_TRIES):
+            self.router.begin_dump(worker_id)
+            try:
+                reply = await self.nc.request(subjects.control(self.ns, worker_id), control_encoder.encode(DumpKv()),
+                                              timeout=self.dump_timeout_s)
+                if not self.router.apply_dump(dump_decoder.decode(reply.data)):
+                    return
+            except (nats.errors.Error, msgspec.DecodeError, asyncio.TimeoutError) as exc:
+                log.warning("kv dump from %s failed: %s", worker_id, exc)
+                break
+        self.router.abort_dump(worker_id)
 
     async def _expire_loop(self) -> None:
         while True:
@@ -103,11 +137,92 @@ class RouterService:
         for listener in self._lost_listeners:
             listener(worker_id)
 
+    # --- replica sync ---------------------------------------------------------------------------
+
+    def _flush_soon(self) -> None:
+        if self.router.outbox:
+            self._outbox_ready.set()
+
+    async def _outbox_loop(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            await self._publish_outbox()
+
+    async def _publish_outbox(self) -> None:
+        subject = subjects.router_sync(self.ns)
+        for event in self.router.take_outbox():
+            await self.nc.publish(subject, routing_encoder.encode(event))
+
+    # --- decisions ------------------------------------------------------------------------------
+
     async def route(self, request: RouteRequest) -> RouteDecision:
-        return self.router.route(request)
+        try:
+            return self.router.route(request)
+        finally:
+            self._flush_soon()
 
     def on_first_token(self, request_id: str) -> None:
         self.router.on_first_token(request_id)
+        self._flush_soon()
 
     def on_finish(self, request_id: str) -> None:
         self.router.on_finish(request_id)
+        self._flush_soon()
+
+    async def _on_route(self, msg: Msg) -> None:
+        """Standalone service: one RouteRequest in, a RouteDecision or RouteError out."""
+        try:
+            answer = await self.route(route_request_decoder.decode(msg.data))
+        except msgspec.DecodeError as exc:
+            answer = RouteError(code="invalid_request", message=f"bad route request: {exc}")
+        except MeshError as exc:
+            answer = RouteError(code=exc.code, message=exc.message, retry_after=exc.retry_after, param=exc.param)
+        if msg.reply:
+            await self.nc.publish(msg.reply, routing_encoder.encode(answer))
+
+
+class RemoteRouter(RouterService):
+    """Frontend side of a standalone `diffmesh router`: decisions by request/reply, liveness from heartbeats.
+
+    First-token and finish notices go out as sync events, which every router replica applies.
+    """
+
+    def __init__(self, nc: nats.NATS, namespace: str, router: Router, timeout_s: float = 2.0,
+                 client_id: str | None = None):
+        super().__init__(nc, namespace, router, track_kv=False)
+        self.timeout_s = timeout_s
+        self.client_id = client_id or new_router_id("client")
+
+    async def route(self, request: RouteRequest) -> RouteDecision:
+        try:
+            reply = await self.nc.request(subjects.router_service(self.ns), routing_encoder.encode(request),
+                                          timeout=self.timeout_s)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
+            raise WorkerUnavailable(f"no router service answered on {subjects.router_service(self.ns)}: "
+                                    f"{type(exc).__name__}", retry_after=self.router.config.retry_after_s) from None
+        answer = route_reply_decoder.decode(reply.data)
+        if isinstance(answer, RouteError):
+            raise error_from_code(answer.code, answer.message, param=answer.param, retry_after=answer.retry_after)
+        self.router.note_decision(answer)
+        return answer
+
+    def on_first_token(self, request_id: str) -> None:
+        self._notify(request_id, "prefill_done")
+
+    def on_finish(self, request_id: str) -> None:
+        self._notify(request_id, "free")
+
+    def _notify(self, request_id: str, kind: str) -> None:
+        self.router.outbox.append(SyncEvent(router_id=self.client_id, request_id=request_id, kind=kind))
+        self._outbox_ready.set()
+
+
+def build_router_service(nc: nats.NATS, namespace: str, mode: str, router_url: str | None) -> RouterService:
+    """A frontend's router: embedded and synced with other frontends (router_url None), or a client of `diffmesh router`."""
+    config = RouterConfig(policy=PolicyConfig(mode=mode))
+    if router_url is None:
+        return RouterService(nc, namespace, Router(config, router_id=new_router_id("frontend")))
+    if router_url == "nats":
+        return RemoteRouter(nc, namespace, Router(config))
+    raise ConfigError(f"router_url={router_url!r}: use 'nats' for the standalone router service, or leave it unset")

@@ -11,15 +11,16 @@ from protocol.events import LoadReport, WorkerCard
 @dataclass
 class WorkerState:
     card: WorkerCard
-    last_seen: float  # monotonic seconds of the last heartbeat
+    last_seen: float  # router clock seconds of the last heartbeat
     interval_s: float
     load: LoadReport
     last_kv_event_id: int = 0  # as announced by the worker's heartbeat
-    draining: bool = False  # alive but taking no new requests
+    is_draining: bool = False  # finishing in-flight work; route nothing new
+    is_busy: bool = False  # over a busy threshold at its last report (set by the router)
     predicted_prefill_tokens: int = 0  # routed, first token not yet seen
-    active_blocks: dict[int, int] = field(default_factory=dict)  # block hash -> active requests using it
-    num_routed: int = 0  # requests routed here by this router, in all
-    num_active: int = 0  # requests routed here by this router and not finished
+    active_blocks: dict[int, int] = field(default_factory=dict)  # prefix key -> active requests using it
+    num_routed: int = 0  # requests routed here (by any synced router), in all
+    num_active: int = 0  # requests routed here and not finished
 
     @property
     def worker_id(self) -> str:
@@ -34,12 +35,14 @@ class WorkerState:
 class _Active:
     worker_id: str
     prefill_tokens: int
-    blocks: Sequence[int]
+    blocks: Sequence[int]  # prefix keys (router.keys)
+    origin: str  # router id that routed it ("" = this router)
+    started: float  # router clock seconds
     prefill_done: bool = False
 
 
 class WorkerTracker:
-    """Pure bookkeeping; the service feeds it heartbeats and the router feeds it routing decisions."""
+    """Pure bookkeeping; the router feeds it heartbeats, routing decisions and replica sync events."""
 
     def __init__(self, lapse_factor: float = 3.0):
         self.lapse_factor = lapse_factor  # a worker is gone after this many missed heartbeat intervals
@@ -47,20 +50,21 @@ class WorkerTracker:
         self._requests: dict[str, _Active] = {}
 
     def heartbeat(self, card: WorkerCard, load: LoadReport, last_kv_event_id: int, interval_s: float, now: float,
-                  draining: bool = False) -> bool:
+                  is_draining: bool = False) -> bool:
         """Record a heartbeat; True if this worker was not known before."""
         state = self.workers.get(card.worker_id)
         if state is None:
-            self.workers[card.worker_id] = WorkerState(card, now, interval_s, load, last_kv_event_id, draining)
+            self.workers[card.worker_id] = WorkerState(card, now, interval_s, load, last_kv_event_id, is_draining)
             return True
         state.card, state.last_seen, state.interval_s, state.load = card, now, interval_s, load
-        state.last_kv_event_id, state.draining = last_kv_event_id, draining
+        state.last_kv_event_id, state.is_draining = last_kv_event_id, is_draining
         return False
 
-    def report_load(self, load: LoadReport) -> None:
+    def report_load(self, load: LoadReport) -> WorkerState | None:
         state = self.workers.get(load.worker_id)
         if state is not None:
             state.load = load
+        return state
 
     def remove(self, worker_id: str) -> bool:
         state = self.workers.pop(worker_id, None)
@@ -76,48 +80,66 @@ class WorkerTracker:
         return lapsed
 
     def live(self, model: str | None = None) -> list[WorkerState]:
-        """Workers that take new requests (draining ones are alive but excluded)."""
-        return [s for s in self.workers.values() if not s.draining and (model is None or s.card.model == model)]
+        return [s for s in self.workers.values() if model is None or s.card.model == model]
 
     # --- predicted load -------------------------------------------------------------------------
 
-    def add_request(self, request_id: str, worker_id: str, prefill_tokens: int, blocks: Sequence[int]) -> None:
+    def add_request(self, request_id: str, worker_id: str, prefill_tokens: int, blocks: Sequence[int],
+                    origin: str = "", now: float = 0.0) -> bool:
+        """Count a routed request against its worker until `free`; False if unknown worker or known request."""
         state = self.workers.get(worker_id)
         if state is None or request_id in self._requests:
-            return
-        self._requests[request_id] = _Active(worker_id, prefill_tokens, blocks)
+            return False
+        self._requests[request_id] = _Active(worker_id, prefill_tokens, blocks, origin, now)
         state.predicted_prefill_tokens += prefill_tokens
         state.num_routed += 1
         state.num_active += 1
+        active = state.active_blocks
         for block in blocks:
-            state.active_blocks[block] = state.active_blocks.get(block, 0) + 1
+            active[block] = active.get(block, 0) + 1
+        return True
 
-    def mark_prefill_done(self, request_id: str) -> None:
+    def mark_prefill_done(self, request_id: str) -> bool:
         active = self._requests.get(request_id)
         if active is None or active.prefill_done:
-            return
+            return False
         active.prefill_done = True
         state = self.workers.get(active.worker_id)
         if state is not None:
             state.predicted_prefill_tokens -= active.prefill_tokens
+        return True
 
-    def free(self, request_id: str) -> None:
+    def free(self, request_id: str) -> bool:
         self.mark_prefill_done(request_id)
-        active = self._requests.pop(request_id, None)
-        state = self.workers.get(active.worker_id) if active else None
+        request = self._requests.pop(request_id, None)
+        state = self.workers.get(request.worker_id) if request else None
         if state is None:
-            return
+            return False
         state.num_active -= 1
-        for block in active.blocks:
-            left = state.active_blocks.get(block, 0) - 1
+        active = state.active_blocks
+        for block in request.blocks:
+            left = active.get(block, 0) - 1
             if left > 0:
-                state.active_blocks[block] = left
+                active[block] = left
             else:
-                state.active_blocks.pop(block, None)
+                active.pop(block, None)
+        return True
+
+    def drop_stale(self, now: float, max_age_s: float) -> list[str]:
+        """Free requests another router added and never freed (that router died); returns their ids."""
+        stale = [r for r, a in self._requests.items() if a.origin and now - a.started > max_age_s]
+        for request_id in stale:
+            self.free(request_id)
+        return stale
 
     def worker_of(self, request_id: str) -> str | None:
         active = self._requests.get(request_id)
         return active.worker_id if active else None
+
+    def request_blocks(self, request_id: str) -> tuple[int, Sequence[int]]:
+        """(prefill tokens, prefix keys) of an active request, for replica sync."""
+        active = self._requests[request_id]
+        return active.prefill_tokens, active.blocks
 
     @property
     def num_active_requests(self) -> int:
