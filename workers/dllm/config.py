@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from diffmesh.config import ConfigError
 from protocol.errors import InvalidRequest
 from protocol.work import DiffusionOptions, SamplingOptions
 
@@ -41,6 +42,10 @@ class DllmConfig:
     seed: int = 0  # seeds requests that carry no seed, in arrival order
 
     def __post_init__(self) -> None:
+        for name in ("eos_ids", "suppress_ids"):  # env vars arrive as "1,2,3"
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, _parse_ids(name, value))
         _require(self.attention in ("auto", "full", "block_causal"), "attention", self.attention)
         _require(self.block_size is None or self.block_size >= 1, "block_size", self.block_size)
         _require(self.default_steps is None or self.default_steps >= 1, "default_steps", self.default_steps)
@@ -59,7 +64,14 @@ class DllmConfig:
 
 def _require(ok: bool, name: str, value) -> None:
     if not ok:
-        raise ValueError(f"invalid dLLM engine setting {name}={value!r}")
+        raise ConfigError(f"invalid dLLM engine setting {name}={value!r}")
+
+
+def _parse_ids(name: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise ConfigError(f"invalid dLLM engine setting {name}={text!r}: expected comma-separated token ids") from exc
 
 
 @dataclass(frozen=True)

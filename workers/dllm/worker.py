@@ -1,0 +1,198 @@
+"""Bus adapter of the dLLM engine: model card, request mapping, one Chunk per forward pass, CLI flags."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from protocol.errors import EngineError, InvalidRequest
+from protocol.events import ModelCard
+from protocol.kv import tokens_from_bytes, tokens_to_bytes
+from protocol.work import Chunk, Final, GenerateRequest, WorkRequest
+from workers.contract import KvEventSink, RequestContext
+from diffmesh.config import from_env
+from workers.dllm.config import DllmConfig
+from workers.dllm.model import tokenizer_json
+
+DEFAULT_MODEL_NAME = "tiny-dllm"  # served name of the tiny default model `diffmesh up` builds
+DEFAULT_CACHE_DIR = "~/.cache/diffmesh/models"
+ENV_PREFIX = "DIFFMESH_DLLM_"
+
+
+class DllmWorker:
+    """WorkerEngine for masked-diffusion LMs (component "dllm"); the engine runs on its own thread."""
+
+    component = "dllm"
+
+    def __init__(self, engine, max_queue: int | None = None):
+        self.engine = engine  # workers.dllm.engine.DllmEngine
+        self.max_queue = engine.config.max_queue if max_queue is None else max_queue
+
+    def worker_card(self) -> dict:
+        has_cache = self.engine.cache.max_blocks > 0
+        return {
+            "model": self.engine.model_name,
+            "capacity": self.engine.config.max_batch,
+            "max_queue": self.max_queue,
+            "block_size": self.engine.block_size if has_cache else 0,
+            "kv_total_blocks": self.engine.cache.max_blocks,
+            "publishes_kv_events": has_cache,
+        }
+
+    def model_card(self) -> ModelCard:
+        tokenizer = self.engine.tokenizer
+        return ModelCard(
+            name=self.engine.model_name,
+            component=self.component,
+            kinds=["chat", "completions"],
+            block_size=self.engine.block_size,
+            context_length=self.engine.limits.context_length,
+            chat_template=_chat_template(tokenizer),
+            bos_token=tokenizer.bos_token,
+            eos_token=tokenizer.eos_token,
+            defaults=self._defaults(),
+            created=int(time.time()),
+        )
+
+    def _defaults(self) -> dict[str, float | int | str | bool]:
+        config = self.engine.config
+        defaults: dict[str, float | int | str | bool] = {"block_length": self.engine.block_size}
+        if config.default_steps is not None:
+            defaults["steps"] = config.default_steps
+        if config.default_threshold is not None:
+            defaults["threshold"] = config.default_threshold
+        return defaults
+
+    def model_files(self) -> dict[str, bytes]:
+        return {"tokenizer.json": tokenizer_json(self.engine.tokenizer, self.engine.config.model)}
+
+    def load_report(self) -> dict:
+        return self.engine.load_report()
+
+    async def start(self, kv_sink: KvEventSink) -> None:
+        self.engine.set_kv_sink(kv_sink.publish)
+        self.engine.start()
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.engine.stop)
+
+    def kv_dump(self) -> list:
+        return self.engine.kv_dump()
+
+    def clear_cache(self) -> None:
+        self.engine.clear_cache()
+
+    async def generate(self, request: WorkRequest, ctx: RequestContext) -> AsyncIterator[Chunk | Final]:
+        """Stream one Chunk per forward pass that released text; end with one Final (all text if not streaming)."""
+        if not isinstance(request, GenerateRequest):
+            raise InvalidRequest("the dllm worker serves text generation only", param="$.model")
+        if request.mm_objects:
+            raise InvalidRequest("this model takes text only", param="$.messages")
+        prompt = tokens_from_bytes(request.token_ids).tolist()
+        held_text: list[str] = []
+        held_ids: list[int] = []  # tokens behind text not yet sent
+        outputs = self.engine.generate_async(
+            request.request_id, prompt, request.sampling, request.diffusion, is_cancelled=lambda: _gone(ctx)
+        )
+        async for out in outputs:
+            held_ids.extend(out.token_ids)
+            if out.error is not None:
+                raise EngineError(f"{type(out.error).__name__}: {out.error}")
+            if out.finished:
+                yield Final(
+                    request_id=request.request_id,
+                    seq=0,
+                    text="".join(held_text) + out.text,
+                    token_ids=tokens_to_bytes(held_ids),
+                    finish_reason=out.finish_reason,
+                    usage=out.usage,
+                )
+                return
+            if not out.text:
+                continue
+            if request.stream:
+                yield Chunk(
+                    request_id=request.request_id,
+                    seq=0,
+                    text=out.text,
+                    token_ids=tokens_to_bytes(held_ids),
+                    forward_passes=out.forward_passes,
+                )
+                held_ids = []
+            else:
+                held_text.append(out.text)
+
+
+def _gone(ctx: RequestContext) -> bool:
+    return ctx.is_cancelled() or (ctx.deadline is not None and time.monotonic() > ctx.deadline)
+
+
+def _chat_template(tokenizer) -> str | None:
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # several named templates: serve the default one
+        return template.get("default") or next(iter(template.values()), None)
+    return template
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `diffmesh worker dllm`; each also reads DIFFMESH_DLLM_<FIELD> (e.g. DIFFMESH_DLLM_MAX_BATCH)."""
+    group = parser.add_argument_group("dLLM model")
+    group.add_argument("--model", help="checkpoint directory or hub id (default: the tiny random model, built on first run)")
+    group.add_argument("--served-model-name", help=f"name clients use (default: the directory name, or {DEFAULT_MODEL_NAME})")
+    group.add_argument("--model-cache-dir", default=os.environ.get("DIFFMESH_MODEL_CACHE", DEFAULT_CACHE_DIR),
+                       help="where the tiny default model is built (env DIFFMESH_MODEL_CACHE)")
+    group.add_argument("--trust-remote-code", action="store_true", default=None, help="allow the checkpoint's own modeling code (LLaDA)")
+    group.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    group.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], help="default: bfloat16 on cuda, float32 on cpu")
+    group.add_argument("--attention", choices=["auto", "full", "block_causal"],
+                       help="denoiser attention: full (LLaDA) or block_causal (LLaDA2, enables the KV caches); default auto")
+    group.add_argument("--mask-id", type=int, help="mask token id (default: config.json mask_token_id or the tokenizer's)")
+    group.add_argument("--eos-ids", help="comma-separated ids that end the answer (default: EOS + end-of-turn tokens)")
+    group.add_argument("--suppress-ids", help="comma-separated ids never generated (mask and pad always are)")
+    decoding = parser.add_argument_group("dLLM decoding defaults (per request: nvext.steps, block_length, threshold)")
+    decoding.add_argument("--block-size", type=int, help="block length and KV block size (default: config.json or 32)")
+    decoding.add_argument("--steps", type=int, help="denoising steps (default: one token per step)")
+    decoding.add_argument("--threshold", type=float, help="Fast-dLLM confidence threshold (default: fixed tokens per step)")
+    decoding.add_argument("--no-cache", action="store_true", default=None, help="disable the block KV cache by default")
+    decoding.add_argument("--max-batch", type=int, help=f"sequences denoised together (default {DllmConfig.max_batch})")
+    decoding.add_argument("--max-queue", type=int, help=f"requests waiting beyond --max-batch (default {DllmConfig.max_queue})")
+    decoding.add_argument("--cache-blocks", type=int, help=f"prefix cache budget in blocks (default {DllmConfig.max_cache_blocks})")
+    decoding.add_argument("--max-forward-passes", type=int, help="cap per request (default: 2 x generated positions + 8)")
+    decoding.add_argument("--seed", type=int, help="seeds requests that carry none (default 0)")
+
+
+def build_engine(args: argparse.Namespace) -> DllmWorker:
+    """Load the model named by the flags (building the tiny default on first run) and wrap it for the bus."""
+    from workers.dllm.engine import DllmEngine
+
+    return DllmWorker(DllmEngine.from_pretrained(config_from_args(args)))
+
+
+def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None) -> DllmConfig:
+    """Defaults, then DIFFMESH_DLLM_* env vars, then flags; no --model means the tiny default model."""
+    env = os.environ if env is None else env
+    model, name = args.model or env.get(ENV_PREFIX + "MODEL"), args.served_model_name
+    if model is None:
+        from workers.dllm.tiny import ensure_tiny_dllm
+
+        model = str(ensure_tiny_dllm(Path(args.model_cache_dir).expanduser()))
+        name = name or DEFAULT_MODEL_NAME
+    device = args.device or env.get(ENV_PREFIX + "DEVICE") or _default_device()
+    return from_env(
+        DllmConfig, env, prefix=ENV_PREFIX, model=model, served_model_name=name, trust_remote_code=args.trust_remote_code,
+        device=device, dtype=args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"),
+        attention=args.attention, block_size=args.block_size, default_steps=args.steps, default_threshold=args.threshold,
+        default_use_cache=None if args.no_cache is None else not args.no_cache, mask_id=args.mask_id,
+        eos_ids=args.eos_ids, suppress_ids=args.suppress_ids, max_batch=args.max_batch, max_queue=args.max_queue,
+        max_cache_blocks=args.cache_blocks, max_forward_passes=args.max_forward_passes, seed=args.seed,
+    )  # fmt: skip
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
