@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from protocol.control import KvDump
 from protocol.errors import InvalidRequest, Overloaded, WorkerUnavailable
 from protocol.events import Heartbeat, KvEventBatch, LoadReport, WorkerCard
@@ -18,6 +20,9 @@ from router.feed import EventFeed, EventStats
 from router.index import KvIndex
 from router.keys import prefix_keys
 from router.tracker import WorkerState, WorkerTracker
+
+
+APPROX_PAD = -1  # token id (u32 0xFFFFFFFF) that fills the last partial block in approximate mode
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,12 @@ class RouterConfig:
         if self.approx_block_size < 1 or self.lapse_factor <= 0:
             raise ValueError(f"router approx_block_size={self.approx_block_size} and lapse_factor={self.lapse_factor} "
                              "must be positive")
+
+
+def pad_to_block(tokens: np.ndarray, block_size: int) -> np.ndarray:
+    """Approximate mode keys the trailing partial block too (padded), so short prompts (image prompts) stick."""
+    tail = len(tokens) % block_size
+    return np.concatenate([tokens, np.full(block_size - tail, APPROX_PAD, tokens.dtype)]) if tail else tokens
 
 
 class Router:
@@ -157,8 +168,11 @@ class Router:
         card = states[0].card
         is_approx = not card.publishes_kv_events
         block_size = self.config.approx_block_size if is_approx else max(card.block_size, 1)
-        num_tokens = len(request.token_ids) // 4
-        local = local_block_hashes(tokens_from_bytes(request.token_ids), block_size, request.mm_objects)
+        tokens = tokens_from_bytes(request.token_ids)
+        num_tokens = len(tokens)
+        if is_approx:
+            tokens = pad_to_block(tokens, block_size)
+        local = local_block_hashes(tokens, block_size, request.mm_objects)
         keys = prefix_keys(local)
         t1 = time.perf_counter()
         index = self.approx if is_approx else self.index

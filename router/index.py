@@ -4,6 +4,9 @@ Workers report blocks by their own `block_hash` (sequence hash); the tree naviga
 so the router needs no knowledge of a worker's hashing beyond the shared local hash (Dynamo's RadixTree).
 Each node keeps the workers holding it as an int bitmask (one bit per worker slot), so a query walks the prompt's
 blocks once and does one `&` per block: O(prompt blocks), independent of the number of workers.
+
+A node is a 4-item list, not an object (4× cheaper to create, which is most of event ingest):
+    [children: dict tokens_hash -> node (or the shared empty _LEAF), mask: int, tokens_hash: int, parent: node]
 """
 
 from __future__ import annotations
@@ -13,28 +16,24 @@ from types import MappingProxyType
 
 from protocol.events import StoredBlock
 
-_NO_CHILDREN = MappingProxyType({})  # shared by leaves; replaced by a dict on the first child
+_LEAF = MappingProxyType({})  # children of every leaf; replaced by a dict on the first child
+CHILDREN, MASK, KEY, PARENT = 0, 1, 2, 3  # node fields
 
 
-class _Node:
-    __slots__ = ("key", "parent", "children", "mask")
-
-    def __init__(self, key: int, parent: _Node | None):
-        self.key = key  # tokens_hash of this block
-        self.parent = parent
-        self.children: dict[int, _Node] = _NO_CHILDREN  # type: ignore[assignment]
-        self.mask = 0  # bit (1 << slot) set for every worker holding this block
+def _new_root() -> list:
+    return [_LEAF, 0, 0, None]
 
 
 class KvIndex:
     """Apply stored/removed/cleared per worker; answer matched prefix blocks per worker in O(prompt blocks)."""
 
     def __init__(self) -> None:
-        self.root = _Node(0, None)
-        self._lookup: dict[str, dict[int, _Node]] = {}  # worker -> block_hash -> node
+        self.root = _new_root()
+        self._lookup: dict[str, dict[int, list]] = {}  # worker -> block_hash -> node
         self._bits: dict[str, int] = {}  # worker -> its bit
         self._workers_by_slot: dict[int, str] = {}
         self._free_slots: list[int] = []
+        self._extra_refs: dict[str, dict[int, int]] = {}  # worker -> id(node) -> block hashes beyond the first (rare)
 
     @property
     def workers(self) -> list[str]:
@@ -65,16 +64,23 @@ class KvIndex:
         if node is None:
             return False
         for block in blocks:
-            children = node.children
-            child = children.get(block.tokens_hash)
-            if child is None:
-                if children is _NO_CHILDREN:
-                    children = node.children = {}
-                child = children[block.tokens_hash] = _Node(block.tokens_hash, node)
-            child.mask |= bit  # before dropping a previous place of this hash, so the cascade stops here
+            key = block.tokens_hash
             previous = table.get(block.block_hash)
+            children = node[0]
+            child = children.get(key)
+            if child is None:
+                child = [_LEAF, bit, key, node]
+                if children is _LEAF:
+                    node[0] = {key: child}
+                else:
+                    children[key] = child
+            elif previous is not child:
+                if child[1] & bit:  # the worker holds this block under another hash too: count the extra one
+                    extra = self._extra_refs.setdefault(worker, {})
+                    extra[id(child)] = extra.get(id(child), 0) + 1
+                child[1] |= bit
             if previous is not None and previous is not child:
-                self._drop(bit, previous)
+                self._drop(worker, bit, previous)
             table[block.block_hash] = child
             node = child
         return True
@@ -89,7 +95,7 @@ class KvIndex:
         for block_hash in block_hashes:
             node = table.pop(block_hash, None)
             if node is not None:
-                self._drop(bit, node)
+                self._drop(worker, bit, node)
                 removed += 1
         return removed
 
@@ -99,7 +105,8 @@ class KvIndex:
         if bit is None:
             return
         for node in self._lookup.pop(worker).values():
-            self._drop(bit, node)
+            self._drop(worker, bit, node)
+        self._extra_refs.pop(worker, None)
         slot = bit.bit_length() - 1
         del self._workers_by_slot[slot]
         self._free_slots.append(slot)
@@ -109,13 +116,20 @@ class KvIndex:
         self.remove_worker(worker)
         self._bit(worker)
 
-    def _drop(self, bit: int, node: _Node) -> None:
-        node.mask &= ~bit
+    def _drop(self, worker: str, bit: int, node: list) -> None:
+        """Take the worker off a node; unlink nodes left with no worker and no children, bottom-up."""
+        extra = self._extra_refs.get(worker)
+        if extra and id(node) in extra:  # still held under another block hash
+            extra[id(node)] -= 1
+            if not extra[id(node)]:
+                del extra[id(node)]
+            return
+        node[1] &= ~bit
         root = self.root
-        while node is not root and not node.mask and not node.children:
-            parent = node.parent
-            if parent.children.get(node.key) is node:
-                del parent.children[node.key]
+        while node is not root and not node[1] and not node[0]:
+            parent = node[3]
+            if parent[0].get(node[2]) is node:
+                del parent[0][node[2]]
             node = parent
 
     def find_matches(self, local_hashes: Sequence[int]) -> dict[str, int]:
@@ -123,23 +137,23 @@ class KvIndex:
         scores: dict[str, int] = {}
         if not local_hashes:
             return scores
-        node = self.root.children.get(local_hashes[0])
-        if node is None or not node.mask:
+        node = self.root[0].get(local_hashes[0])
+        if node is None or not node[1]:
             return scores
-        active, depth = node.mask, 1
-        children = node.children
-        for key in local_hashes[1:] if len(local_hashes) > 1 else ():
+        active, depth = node[1], 1
+        children = node[0]
+        for key in local_hashes[1:]:
             node = children.get(key)
             if node is None:
                 break
-            mask = active & node.mask
+            mask = active & node[1]
             if mask != active:
-                self._credit(scores, active ^ mask, depth)
+                self._credit(scores, active ^ mask, depth)  # these workers' runs end here
                 active = mask
                 if not mask:
                     break
             depth += 1
-            children = node.children
+            children = node[0]
         self._credit(scores, active, depth)
         return scores
 
@@ -156,7 +170,7 @@ class KvIndex:
         for block_hash, node in self._lookup.get(worker, {}).items():
             path = []
             while node is not self.root:
-                path.append(node.key)
-                node = node.parent
+                path.append(node[KEY])
+                node = node[PARENT]
             out[block_hash] = tuple(reversed(path))
         return out

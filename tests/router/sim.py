@@ -72,3 +72,19 @@ class SimWorker:
 
     def paths(self) -> dict[int, tuple[int, ...]]:
         return {h: path for h, (_, path) in self.blocks.items()}
+
+
+def route_request(request_id: str, tokens, model: str = "m", **fields):
+    """A RouteRequest for token ids given as a list or array."""
+    import numpy as np
+
+    from protocol.routing import RouteRequest
+
+    return RouteRequest(request_id=request_id, model=model, token_ids=np.asarray(tokens, dtype="<i4").tobytes(), **fields)
+
+
+def stored_chain(worker: SimWorker, tokens, block_size: int = 4) -> KvEventBatch:
+    """The stored event a worker emits after caching the full blocks of `tokens` (local hashes as tokens_hash)."""
+    from protocol.kv import local_block_hashes
+
+    return worker.store(None, local_block_hashes(list(tokens), block_size))

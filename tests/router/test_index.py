@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.events import StoredBlock
-from router.index import KvIndex
+from router.index import CHILDREN, MASK, KvIndex
 
 WORKERS = ("w0", "w1", "w2")
 
@@ -42,11 +42,11 @@ class Reference:
 
 def assert_no_dead_leaves(index: KvIndex) -> None:
     """Every node except the root is held by a worker or leads to one that is (nothing leaks)."""
-    stack = list(index.root.children.values())
+    stack = list(index.root[CHILDREN].values())
     while stack:
         node = stack.pop()
-        assert node.mask or node.children
-        stack.extend(node.children.values())
+        assert node[MASK] or node[CHILDREN]
+        stack.extend(node[CHILDREN].values())
 
 
 tokens_hashes = st.integers(0, 3)  # a tiny alphabet makes shared prefixes and collisions common
@@ -85,7 +85,7 @@ def test_index_agrees_with_brute_force_reference(ops, extra_queries):
     assert_no_dead_leaves(index)
     for worker in WORKERS:
         index.remove_worker(worker)
-    assert not index.root.children
+    assert not index.root[CHILDREN]
 
 
 def chain(worker_blocks: list[tuple[int, int]]) -> list[StoredBlock]:

@@ -131,6 +131,26 @@ class MockerScheduler:
         self.num_steps += 1
         return StepResult(duration, tokens, [(s.request_id, s.cached_tokens) for s in admitted], finished)
 
+    def decode_run(self, until_ms: float) -> StepResult | None:
+        """Several decode-only steps in one call (replay speed): the same steps `step()` would run while nothing waits,
+        stopping after the first that finishes a sequence or ends at/after `until_ms`. None when a normal step is due."""
+        seqs = list(self.running.values())
+        if self.waiting or not seqs or not all(s.prefilled for s in seqs):
+            return None
+        capacity = self.config.num_blocks * self.config.block_size
+        active = sum(s.prompt_len + len(s.generated) for s in seqs)
+        steps_left = min(s.max_tokens - len(s.generated) for s in seqs)
+        duration, steps = 0.0, 0
+        while steps < steps_left and (steps == 0 or duration < until_ms):
+            duration += decode_ms(min(1.0, (active + steps * len(seqs)) / capacity))
+            steps += 1
+        tokens = [(s.request_id, self._next_token(s)) for _ in range(steps) for s in seqs]
+        finished = [s.request_id for s in seqs if len(s.generated) >= s.max_tokens]
+        for request_id in finished:
+            self._finish(self.running.pop(request_id))
+        self.num_steps += steps
+        return StepResult(duration, tokens, [], finished)
+
     def _admit(self) -> tuple[list[MockSequence], int]:
         admitted: list[MockSequence] = []
         new_tokens = 0
