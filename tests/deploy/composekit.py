@@ -1,4 +1,4 @@
-"""Reading docker-compose files the way `docker compose` does, without Docker: variables, profiles, mounts."""
+"""Test kit for deploy/: compose files read the way `docker compose` does (variables, merges, mounts), no Docker."""
 
 from __future__ import annotations
 
@@ -46,9 +46,20 @@ def resolve(node, env: Mapping[str, str]):
     return node
 
 
-def load(name: str, env: Mapping[str, str] | None = None) -> dict:
-    """deploy/<name> parsed (anchors and `<<` merges included) with variables substituted from `env`."""
-    return resolve(yaml.safe_load((DEPLOY / name).read_text()), env or {})
+def merge(base: dict, override: dict) -> dict:
+    """`docker compose -f base -f override`: mappings merge key by key, other values are replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load(*names: str, env: Mapping[str, str] | None = None) -> dict:
+    """deploy/<names> parsed (anchors, `<<` merges), later files overriding earlier ones, variables from `env`."""
+    merged: dict = {}
+    for name in names:
+        merged = merge(merged, yaml.safe_load((DEPLOY / name).read_text()))
+    return resolve(merged, env or {})
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -99,5 +110,22 @@ class Service:
         return self.spec.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
 
 
-def services(file: str, env: Mapping[str, str] | None = None) -> list[Service]:
-    return [Service(file, name, spec) for name, spec in load(file, env)["services"].items()]
+def services(*files: str, env: Mapping[str, str] | None = None) -> list[Service]:
+    """The services the last file defines or changes, as merged over the earlier files."""
+    names = yaml.safe_load((DEPLOY / files[-1]).read_text())["services"]
+    merged = load(*files, env=env)["services"]
+    return [Service(files[-1], name, merged[name]) for name in names]
+
+
+def import_deploy_module(relative_path: str):
+    """A module from deploy/ (not a package), e.g. import_deploy_module("locust/meshload_sse.py")."""
+    import importlib.util
+    import sys
+
+    path = DEPLOY / relative_path
+    name = f"deploy_{path.stem}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up while it runs
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]

@@ -18,14 +18,15 @@ from tests.deploy.composekit import DEPLOY, MissingVariable, Service, load, read
 
 MULTIHOST_ENV = read_env_file(DEPLOY / "multihost.env.example")
 FILES = {"docker-compose.yml": {}, "docker-compose.multihost.yml": MULTIHOST_ENV}
-ALL_SERVICES = [s for file, env in FILES.items() for s in services(file, env)]
+STACKS = [("docker-compose.yml",), ("docker-compose.multihost.yml",), ("docker-compose.yml", "docker-compose.router.yml")]
+ALL_SERVICES = [s for stack in STACKS for s in services(*stack, env=FILES.get(stack[0]))]
 OURS = [s for s in ALL_SERVICES if s.is_ours]
 NOT_CLI_VARS = {"HF_HUB_OFFLINE"}  # read by huggingface_hub inside the workers, not by the diffmesh CLI
 DIFFMESH = str(Path(sys.executable).parent / "diffmesh")
 
 
 def _service(file: str, name: str) -> Service:
-    return next(s for s in services(file, FILES[file]) if s.name == name)
+    return next(s for s in ALL_SERVICES if s.file == file and s.name == name)
 
 
 def _cluster_conf() -> str:
@@ -104,8 +105,16 @@ def test_mocker_profile_needs_no_gpu_and_encode_is_not_offered_yet():
     assert "encode" not in cli.WORKER_KINDS and not any(s.name == "encode" for s in ALL_SERVICES)
 
 
+def test_router_override_adds_one_standalone_router_that_the_frontends_use():
+    router, frontend = _service("docker-compose.router.yml", "router"), _service("docker-compose.router.yml", "frontend")
+    assert "router" in router.command and "replicas" not in router.spec.get("deploy", {})
+    assert frontend.environment["DIFFMESH_ROUTER_URL"] == "nats" and "router" in frontend.spec["depends_on"]
+    assert frontend.environment["DIFFMESH_NATS_URL"] == router.environment["DIFFMESH_NATS_URL"]
+    assert set(frontend.spec["depends_on"]) >= {"nats-1", "nats-2", "nats-3"}  # the base file's dependencies stay
+
+
 def test_multihost_roles_are_profiles_wired_by_env_vars():
-    roles = {s.name: s for s in services("docker-compose.multihost.yml", MULTIHOST_ENV)}
+    roles = {s.name: s for s in ALL_SERVICES if s.file == "docker-compose.multihost.yml"}
     assert all(len(s.spec["profiles"]) == 1 for s in roles.values())
     nats = roles["nats"].command
     assert _flag(nats, "--routes") == MULTIHOST_ENV["NATS_ROUTES"] and _flag(nats, "--name") == MULTIHOST_ENV["NATS_NAME"]
@@ -113,7 +122,7 @@ def test_multihost_roles_are_profiles_wired_by_env_vars():
     for name in ("frontend", "dllm", "image", "mocker"):
         assert roles[name].environment["DIFFMESH_NATS_URL"] == MULTIHOST_ENV["DIFFMESH_NATS_URL"]
     with pytest.raises(MissingVariable, match="DIFFMESH_NATS_URL"):
-        load("docker-compose.multihost.yml", {k: v for k, v in MULTIHOST_ENV.items() if k != "DIFFMESH_NATS_URL"})
+        load("docker-compose.multihost.yml", env={k: v for k, v in MULTIHOST_ENV.items() if k != "DIFFMESH_NATS_URL"})
 
 
 def _entry_point():
