@@ -103,6 +103,7 @@ class ModelLimits:
     default_steps: int | None = None
     default_threshold: float | None = None
     default_use_cache: bool = True
+    can_cache: bool = True  # block-causal and the model accepts a KV cache
 
 
 def resolve_params(
@@ -174,13 +175,14 @@ def _check_sampling(sampling: SamplingOptions, opts: DiffusionOptions, threshold
 
 
 def _use_cache(opts: DiffusionOptions, limits: ModelLimits) -> bool:
+    cacheable = limits.attention == "block_causal" and limits.can_cache
     if opts.use_cache is None:
-        return limits.attention == "block_causal" and limits.default_use_cache and opts.cfg_scale == 0.0
+        return cacheable and limits.default_use_cache and opts.cfg_scale == 0.0
     if opts.use_cache:
         _check(
-            limits.attention == "block_causal",
+            cacheable,
             "$.nvext.use_cache",
-            "this model attends over the whole canvas; its KV changes every step and cannot be cached",
+            "this model attends over the whole canvas (or takes no KV cache); its KV cannot be cached",
         )
         _check(opts.cfg_scale == 0.0, "$.nvext.use_cache", "cfg_scale > 0 runs without the block KV cache")
     return opts.use_cache

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 from protocol.errors import InvalidRequest
-from protocol.kv import extend_chain, local_block_hashes
 from protocol.work import DiffusionOptions, SamplingOptions
 from workers.dllm.batch import Row, build_batch, plan_batches, row_logits, row_new_kv
-from workers.dllm.cache import CachedBlock, EventSink, PrefixCache, concat_blocks
+from workers.dllm.cache import EventSink, PrefixCache
 from workers.dllm.config import DllmConfig, ModelLimits, resolve_params
 from workers.dllm.model import Denoiser, SpecialIds, load_model
+from workers.dllm.prefix import attach_prefix, store_final_blocks
 from workers.dllm.sampling import classifier_free_guidance
 from workers.dllm.sequence import Sequence, StepOutput, StepTrace
 
@@ -55,6 +55,7 @@ class DllmEngine:
             default_steps=config.default_steps,
             default_threshold=config.default_threshold,
             default_use_cache=config.default_use_cache,
+            can_cache=denoiser.supports_cache,
         )
         self.cache = PrefixCache(config.max_cache_blocks if denoiser.supports_cache else 0)
         self.vocab_size = int(denoiser.model.config.vocab_size)
@@ -250,7 +251,7 @@ class DllmEngine:
         with self._cond:
             while self._waiting and len(self._active) < self.config.max_batch:
                 slot = self._waiting.popleft()
-                self._attach_prefix(slot.seq)
+                attach_prefix(self.cache, slot.seq, self.block_size)
                 self._active.append(slot)
 
     def _forward_all(self, active: list[_Slot]) -> dict[int, list[torch.Tensor]]:
@@ -275,26 +276,17 @@ class DllmEngine:
                     past_len = 0 if batch.past is None else batch.past[0][0].shape[2]
                     old_len = seq.kv_len
                     seq.absorb_kv(row_new_kv(kv, group_rows, j, past_len, batch.input_ids.shape[1]), group_rows[j].keep_kv)
-                    self._store_blocks(seq, old_len)
+                    store_final_blocks(self.cache, seq, old_len, self.block_size)
         return results
 
     def _build_rows(self, active: list[_Slot]) -> tuple[list[Row], list[_Slot]]:
         rows: list[Row] = []
         owners: list[_Slot] = []
         for slot in active:
-            seq = slot.seq
-            start, end = seq.input_span()
-            computed = max(0, min(end, seq.prompt_len) - start)
-            seq.prompt_tokens_computed += computed
-            self.num_prompt_tokens_computed += computed
-            keep = seq.block[0] - start if seq.uses_cache else 0
-            past = seq.kv if seq.uses_cache else None
-            grid = seq.attention_grid()
-            rows.append(Row(seq.tokens[start:end], start, grid, past, seq.num_logits(), keep))
-            owners.append(slot)
-            if seq.params.cfg_scale > 0:
-                rows.append(Row(seq.uncond_tokens(start, end), start, grid, None, seq.num_logits()))
-                owners.append(slot)
+            seq_rows = slot.seq.rows()
+            self.num_prompt_tokens_computed += slot.seq.last_prompt_tokens_computed
+            rows.extend(seq_rows)
+            owners.extend([slot] * len(seq_rows))
         return rows, owners
 
     def _advance(self, slot: _Slot, logits: list[torch.Tensor]) -> None:
@@ -318,40 +310,6 @@ class DllmEngine:
         slot.on_output(out)
 
     # --- prefix cache --------------------------------------------------------------------------------
-
-    def _is_cacheable(self, seq: Sequence) -> bool:
-        return seq.uses_cache and seq.params.block_length == self.block_size and self.cache.max_blocks > 0
-
-    def _attach_prefix(self, seq: Sequence) -> None:
-        """Start from the longest cached prefix of the prompt's full blocks."""
-        if not self._is_cacheable(seq):
-            return
-        num_full = seq.prompt_len // self.block_size
-        local = local_block_hashes(seq.tokens[: num_full * self.block_size].numpy(), self.block_size)
-        matched = self.cache.match(extend_chain(None, local))
-        if not matched:
-            return
-        seq.kv = [(k.clone(), v.clone()) for k, v in concat_blocks(matched)]
-        seq.kv_len = seq.cached_tokens = len(matched) * self.block_size
-        seq.block_hashes = [b.block_hash for b in matched]
-
-    def _store_blocks(self, seq: Sequence, old_kv_len: int) -> None:
-        """Publish the full blocks whose KV just became final into the cross-request cache."""
-        if not self._is_cacheable(seq) or seq.kv_len <= old_kv_len:
-            return
-        size = self.block_size
-        first, last = len(seq.block_hashes), seq.kv_len // size
-        local = local_block_hashes(seq.tokens[first * size : last * size].numpy(), size)
-        parent = seq.block_hashes[-1] if seq.block_hashes else None
-        chain = extend_chain(parent, local)
-        blocks = []
-        for n, (block_hash, tokens_hash) in enumerate(zip(chain, local)):
-            lo = (first + n) * size
-            kv = tuple((k[:, lo : lo + size].clone(), v[:, lo : lo + size].clone()) for k, v in seq.kv)
-            blocks.append(CachedBlock(block_hash, parent if n == 0 else chain[n - 1], tokens_hash, kv))
-        ancestors = list(seq.block_hashes)
-        seq.block_hashes.extend(chain)
-        self.cache.insert(ancestors, blocks)
 
     def clear_cache(self) -> None:
         self.cache.clear()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from protocol.work import Usage
+from workers.dllm.batch import Row
 from workers.dllm.config import RequestParams, canvas_length
 from workers.dllm.model import KV, SpecialIds
 from workers.dllm.sampling import StepResult, StepRule, block_steps, denoise_step, num_transfer_tokens, suppress
@@ -82,6 +83,7 @@ class Sequence:
         self.forward_passes = 0
         self.cached_tokens = 0  # prompt tokens served from the cross-request prefix cache
         self.prompt_tokens_computed = 0  # prompt positions run through the model, all forwards together
+        self.last_prompt_tokens_computed = 0  # ... in the latest forward
         self.emitted_upto = self.prompt_len  # next canvas position to stream
         self.completion_ids: list[int] = []
         self.stream = TextStream(decode, params.stop)
@@ -113,6 +115,18 @@ class Sequence:
     def attention_grid(self) -> int:
         """Attention group size in positions; 0 = full attention."""
         return self.params.block_length if self.attention == "block_causal" else 0
+
+    def rows(self) -> list[Row]:
+        """This step's forward rows: the sequence, plus CFG's unconditional copy (prompt masked)."""
+        start, end = self.input_span()
+        self.last_prompt_tokens_computed = max(0, min(end, self.prompt_len) - start)
+        self.prompt_tokens_computed += self.last_prompt_tokens_computed
+        keep = self.block[0] - start if self.uses_cache else 0
+        past = self.kv if self.uses_cache else None
+        rows = [Row(self.tokens[start:end], start, self.attention_grid(), past, self.num_logits(), keep)]
+        if self.params.cfg_scale > 0:
+            rows.append(Row(self.uncond_tokens(start, end), start, self.attention_grid(), None, self.num_logits()))
+        return rows
 
     def uncond_tokens(self, start: int, end: int) -> torch.Tensor:
         """CFG's unconditional input: the prompt replaced by masks."""

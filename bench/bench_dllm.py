@@ -1,0 +1,163 @@
+"""dLLM decoding benchmark: reference LLaDA vs threshold decoding, block KV cache, both, and a warm prefix cache.
+
+One run, one table, baseline included: tokens/s, forward passes per token and agreement of each variant's tokens
+with the reference (steps = gen_length, no cache). Then time to first token for a long shared prompt with a cold
+and a warm cross-request prefix cache. The model is the tiny LLaDA2-shaped denoiser with its output head scaled
+(peaked logits); its weights are random, so agreement measures decoding drift, not answer quality.
+
+    python bench/bench_dllm.py            # full run (~1-2 min on 2 CPU cores)
+    python bench/bench_dllm.py --quick    # short run
+    python bench/bench_dllm.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from protocol.work import DiffusionOptions, SamplingOptions  # noqa: E402
+from workers.dllm.config import DllmConfig  # noqa: E402
+from workers.dllm.engine import DllmEngine  # noqa: E402
+from workers.dllm.tiny import TinySpec, ensure_tiny_dllm  # noqa: E402
+
+
+@dataclass
+class Row:
+    variant: str
+    tokens_per_s: float
+    forward_passes: int
+    passes_per_token: float
+    agreement: float  # fraction of positions equal to the reference's tokens
+    speedup: float  # tokens/s over the reference
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short run: fewer tokens and repeats")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--gen-length", type=int, default=256)
+    parser.add_argument("--block-length", type=int, default=32)
+    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--head-scale", type=float, default=100.0, help="output head multiplier (peaked logits)")
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--ttft-prompt-tokens", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; each variant reports its best round")
+    parser.add_argument("--cache-dir", help="where the tiny model is built (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.gen_length, args.repeats, args.ttft_prompt_tokens = 64, 2, 512
+    return args
+
+
+def build_engines(args, model_dir: Path) -> tuple[DllmEngine, DllmEngine]:
+    """(no cross-request cache, with cross-request cache): the first keeps variants independent."""
+    config = dict(model=str(model_dir), max_forward_passes=4 * args.gen_length)
+    return DllmEngine.from_pretrained(DllmConfig(max_cache_blocks=0, **config)), DllmEngine.from_pretrained(DllmConfig(**config))
+
+
+def prompt_of(engine: DllmEngine, num_tokens: int, seed: int) -> list[int]:
+    words = torch.randint(9, engine.vocab_size, (num_tokens,), generator=torch.Generator().manual_seed(seed))
+    return words.tolist()
+
+
+def run_once(engine: DllmEngine, prompt: list[int], args, options: DiffusionOptions) -> tuple[float, list[int], int, float]:
+    """(seconds, tokens, forward passes, seconds to the first streamed token)."""
+    sampling = SamplingOptions(max_tokens=args.gen_length, ignore_eos=True, seed=0)
+    start = time.perf_counter()
+    first = None
+    tokens: list[int] = []
+    for out in engine.generate("bench", prompt, sampling, options):
+        if out.token_ids and first is None:
+            first = time.perf_counter() - start
+        tokens.extend(out.token_ids)
+        if out.finished:
+            return time.perf_counter() - start, tokens, out.usage.forward_passes, first or 0.0
+    raise RuntimeError("stream ended without a final output")
+
+
+def throughput_table(args, engines) -> list[Row]:
+    """All variants, interleaved round by round so neighbours' load hits them alike; best of `repeats` rounds."""
+    cold, prefix = engines
+    prompt = prompt_of(cold, args.prompt_tokens, seed=1)
+    g, block, tau = args.gen_length, args.block_length, args.threshold
+    variants = [
+        ("reference LLaDA (steps = gen_length)", cold, DiffusionOptions(steps=g, block_length=block, use_cache=False)),
+        (f"threshold {tau}", cold, DiffusionOptions(block_length=block, threshold=tau, use_cache=False)),
+        ("block KV cache", cold, DiffusionOptions(steps=g, block_length=block, use_cache=True)),
+        (f"threshold {tau} + block KV cache", cold, DiffusionOptions(block_length=block, threshold=tau, use_cache=True)),
+        ("both + warm prefix cache", prefix, DiffusionOptions(block_length=block, threshold=tau, use_cache=True)),
+    ]
+    run_once(prefix, prompt, args, variants[-1][2])  # warms the prefix cache (and the allocator)
+    seconds: list[list[float]] = [[] for _ in variants]
+    results: list[tuple[list[int], int]] = []
+    for _ in range(args.repeats):
+        results = []
+        for i, (_, engine, options) in enumerate(variants):
+            elapsed, tokens, passes, _ = run_once(engine, prompt, args, options)
+            seconds[i].append(elapsed)
+            results.append((tokens, passes))
+    reference = results[0][0]
+    rows: list[Row] = []
+    for (name, _, _), times, (tokens, passes) in zip(variants, seconds, results):
+        rate = len(tokens) / min(times)
+        agreement = sum(x == y for x, y in zip(tokens, reference)) / len(reference)
+        rows.append(Row(name, rate, passes, passes / len(tokens), agreement, rate / (rows[0].tokens_per_s if rows else rate)))
+    return rows
+
+
+def ttft(args, engines) -> dict:
+    """Time to first token for a long prompt: empty prefix cache vs the prompt already cached."""
+    _, engine = engines
+    prompt = prompt_of(engine, args.ttft_prompt_tokens, seed=2)
+    options = DiffusionOptions(block_length=args.block_length, threshold=args.threshold, use_cache=True)
+    short = argparse.Namespace(**{**vars(args), "gen_length": args.block_length})
+    cold, warm = [], []
+    run_once(engine, prompt, short, options)  # warm up kernels and allocator
+    for _ in range(max(5, args.repeats)):
+        engine.clear_cache()
+        cold.append(run_once(engine, prompt, short, options)[3])
+        warm.append(run_once(engine, prompt, short, options)[3])
+    return {"prompt_tokens": len(prompt), "cold_ms": 1000 * min(cold), "warm_ms": 1000 * min(warm), "reduction": min(cold) / min(warm)}
+
+
+def print_tables(args, rows: list[Row], first_token: dict) -> None:
+    print(f"tiny dLLM h{args.hidden_size} L{args.layers}, head x{args.head_scale:g}, prompt {args.prompt_tokens}, "
+          f"gen {args.gen_length}, block {args.block_length}, {torch.get_num_threads()} threads, best of {args.repeats} interleaved rounds\n")  # fmt: skip
+    print("| variant | tokens/s | speedup | forward passes | passes/token | agreement |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r.variant} | {r.tokens_per_s:.0f} | {r.speedup:.1f}x | {r.forward_passes} | {r.passes_per_token:.3f} | {100 * r.agreement:.1f}% |")
+    print(f"\ntime to first token, {first_token['prompt_tokens']}-token shared prompt (threshold + block KV cache):")
+    print("| prefix cache | TTFT |\n|---|---|")
+    print(f"| cold | {first_token['cold_ms']:.1f} ms |\n| warm | {first_token['warm_ms']:.1f} ms ({first_token['reduction']:.1f}x less) |")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="bench-dllm-")
+    spec = TinySpec(hidden_size=args.hidden_size, num_layers=args.layers, block_size=args.block_length,
+                    context_length=max(2048, args.ttft_prompt_tokens + 4 * args.block_length), head_scale=args.head_scale)  # fmt: skip
+    engines = build_engines(args, ensure_tiny_dllm(cache_dir, spec))
+    rows = throughput_table(args, engines)
+    first_token = ttft(args, engines)
+    if args.json:
+        print(json.dumps({"config": vars(args), "variants": [asdict(r) for r in rows], "ttft": first_token}, indent=2))
+    else:
+        print_tables(args, rows, first_token)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
