@@ -58,15 +58,8 @@ def byte_level_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            table[byte] = chr(byte)
-        else:
-            table[byte] = chr(256 + extra)
-            extra += 1
-    vocab = {ch: i for i, ch in enumerate(table.values())} | {"[MASK]": 256, "[PAD]": 257, "<eos>": 258}
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # the 256 byte-level characters
+    vocab = {ch: i for i, ch in enumerate(alphabet)} | {"[MASK]": 256, "[PAD]": 257, "<eos>": 258}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
