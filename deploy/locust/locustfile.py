@@ -48,6 +48,8 @@ def add_options(parser) -> None:
     group.add_argument("--trace-path", default=str(default_trace_path()), env_var="LOCUST_TRACE_PATH")
     group.add_argument("--trace-block-words", type=int, default=64, env_var="LOCUST_TRACE_BLOCK_WORDS",
                        help="words per 512-token trace block (512 = the trace's real prompt lengths)")
+    group.add_argument("--trace-max-blocks", type=int, default=16, env_var="LOCUST_TRACE_MAX_BLOCKS",
+                       help="leading blocks kept of longer trace prompts (to fit the model's context)")
     group.add_argument("--trace-max-output", type=int, default=64, env_var="LOCUST_TRACE_MAX_OUTPUT")
     group.add_argument("--trace-max-requests", type=int, default=None, env_var="LOCUST_TRACE_MAX_REQUESTS")
     group.add_argument("--image-size", default="256x256", env_var="LOCUST_IMAGE_SIZE")
@@ -154,7 +156,8 @@ class TracePrefixUser(MeshUser):
     @task
     def trace_completion(self) -> None:
         record = next(type(self)._records)
-        body = {"model": self.model, "prompt": prompt_for(record, self.options.trace_block_words),
+        prompt = prompt_for(record, self.options.trace_block_words, self.options.trace_max_blocks)
+        body = {"model": self.model, "prompt": prompt,
                 "max_tokens": max(1, min(record.output_length, self.options.trace_max_output))}
         self.stream("/v1/completions", body, "trace completion")
 

@@ -47,15 +47,20 @@ def block_words(hash_id: int, num_words: int) -> tuple[str, ...]:
     return tuple(rng.choice(WORDS) for _ in range(num_words))
 
 
-def prompt_for(request: TraceRequest, words_per_block: int) -> str:
-    """One word per TRACE_BLOCK_TOKENS / words_per_block trace tokens; the last block is cut to input_length."""
+def prompt_for(request: TraceRequest, words_per_block: int, max_blocks: int | None = None) -> str:
+    """One word per TRACE_BLOCK_TOKENS / words_per_block trace tokens; the last block is cut to input_length.
+
+    `max_blocks` keeps only the leading blocks of long prompts (prefixes stay shared) to fit a model's context.
+    """
     if words_per_block < 1:
         raise ValueError(f"words_per_block={words_per_block} must be >= 1")
     num_blocks = len(request.hash_ids)
     last_tokens = request.input_length - TRACE_BLOCK_TOKENS * (num_blocks - 1)
+    if max_blocks is not None and num_blocks > max_blocks:
+        num_blocks, last_tokens = max_blocks, TRACE_BLOCK_TOKENS
     last_words = min(words_per_block, max(1, math.ceil(words_per_block * last_tokens / TRACE_BLOCK_TOKENS)))
     words: list[str] = []
-    for index, hash_id in enumerate(request.hash_ids):
+    for index, hash_id in enumerate(request.hash_ids[:num_blocks]):
         words.extend(block_words(hash_id, words_per_block if index < num_blocks - 1 else last_words))
     return " ".join(words)
 

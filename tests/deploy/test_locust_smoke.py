@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.deploy.composekit import DEPLOY
 
+pytestmark = pytest.mark.slow
 LOCUST = str(Path(sys.executable).parent / "locust")
 
 

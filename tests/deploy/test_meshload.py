@@ -63,6 +63,11 @@ def test_trace_prompt_cuts_the_last_block_in_proportion_to_input_length():
     assert words[16:] == list(trace.block_words(4, 16)[:4])  # a cut block is a prefix of the full block
 
 
+def test_trace_prompt_keeps_only_the_leading_blocks_of_long_prompts():
+    long = trace.prompt_for(_request(range(10), 10 * 512 - 100), words_per_block=4, max_blocks=3).split()
+    assert long == trace.prompt_for(_request(range(3), 3 * 512), words_per_block=4).split()
+
+
 def test_load_trace_reads_records_and_rejects_an_empty_file(tmp_path):
     path = tmp_path / "trace.jsonl"
     path.write_text('{"timestamp": 5, "input_length": 700, "output_length": 3, "hash_ids": [0, 1]}\n\n')

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "netns.sh"
 SKIP = 77  # the script's "namespaces cannot be made here" exit code
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 
 def _script_env(tmp_path: Path) -> dict[str, str]:
