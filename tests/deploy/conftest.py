@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from diffmesh.bus import free_port
+from tests.deploy.composekit import import_deploy_module
 
 NUM_MOCKERS = 2
 START_TIMEOUT_S = 180.0
@@ -26,14 +25,6 @@ class RunningMesh:
     url: str
     nats_url: str
     log_path: Path
-
-
-def _live_workers(url: str) -> int:
-    try:
-        with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as response:
-            return sum(m["workers"] for m in json.load(response)["data"])
-    except OSError:
-        return -1
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +39,8 @@ def mesh_up(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while _live_workers(url) < NUM_MOCKERS:  # polls a condition; gives up at the deadline
+        live_workers = import_deploy_module("locust/sweep.py").live_workers
+        while live_workers(url) < NUM_MOCKERS:  # polls a condition; gives up at the deadline
             assert process.poll() is None, f"diffmesh up exited:\n{log_path.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"diffmesh up not ready:\n{log_path.read_text()[-3000:]}"
             time.sleep(0.2)
