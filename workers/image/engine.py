@@ -66,6 +66,7 @@ class ImageEngine:
         self.stats = EngineStats()
         self.store = MediaStore(config.storage)
         self.loaded: LoadedPipeline | None = None
+        self.num_images_in_flight = 0  # images of requests queued or running (a load signal for the router)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-pipeline")
         self.batcher = Batcher(self._run_batch, self._executor, config.max_batch, config.batch_wait_s)
 
@@ -107,6 +108,7 @@ class ImageEngine:
         spec = resolve_request(request, loaded.limits, self.config.step_cache)
         job = Job(spec, spec.batch_key(self.is_cache_batch_invariant), asyncio.get_running_loop(), is_cancelled, deadline)
         self.batcher.submit(job)
+        self.num_images_in_flight += spec.n
         try:
             while True:
                 item = await job.queue.get()
@@ -125,6 +127,7 @@ class ImageEngine:
                         raise error
         finally:
             job.is_abandoned = True  # a consumer that stops iterating (client gone) cancels the work
+            self.num_images_in_flight -= spec.n
 
     async def _to_output(self, job: Job, item: Encoded) -> ImageOutput:
         spec = job.spec
