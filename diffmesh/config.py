@@ -44,6 +44,18 @@ class FrontendConfig:
     media_dir: str | None = None  # local store served at /v1/files/ (url image responses)
     public_base_url: str | None = None
 
+    def __post_init__(self) -> None:
+        modes = ("kv", "round_robin", "random", "least_loaded")
+        if self.router_mode not in modes:
+            raise ConfigError(f"router_mode={self.router_mode!r} is not one of {', '.join(modes)}")
+        if self.router_url not in (None, "nats"):
+            raise ConfigError(f"router_url={self.router_url!r}: use 'nats' (standalone router) or leave it unset")
+        for name in ("port", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if not self.request_timeout_s > 0:
+            raise ConfigError(f"request_timeout_s={self.request_timeout_s} must be > 0")
+
 
 ENV_PREFIX = "DIFFMESH_"
 
@@ -76,7 +88,7 @@ def from_env(cls, env: dict[str, str] | None = None, prefix: str = ENV_PREFIX, *
         if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
             continue
         key = prefix + f.name.upper()
-        if key in env:
+        if key in env and env[key] != "":  # an empty variable means "unset" (compose cannot unset one)
             values[f.name] = _coerce(key, env[key], _field_kind(f))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**values)

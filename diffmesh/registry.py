@@ -45,6 +45,14 @@ async def _retry(op, attempts: int = 40):
             await asyncio.sleep(0.05)
 
 
+async def _has_object(store, name: str) -> bool:
+    try:
+        await store.get_info(name)
+    except ObjectNotFoundError:
+        return False
+    return True
+
+
 async def publish_model(nc: nats.NATS, ns: str, card: ModelCard, files: dict[str, bytes], replicas: int = 1) -> ModelCard:
     """Store `files` (tokenizer.json) content-addressed and put the card; idempotent across workers.
 
@@ -56,9 +64,7 @@ async def publish_model(nc: nats.NATS, ns: str, card: ModelCard, files: dict[str
     if tokenizer is not None:
         digest = hashlib.sha256(tokenizer).hexdigest()
         store = await _retry(lambda: _objects(js, ns, replicas))
-        try:
-            await store.get_info(digest)
-        except ObjectNotFoundError:
+        if not await _retry(lambda: _has_object(store, digest)):
             await _retry(lambda: store.put(digest, tokenizer))
         updates = {"tokenizer_object": digest, "tokenizer_sha256": digest}
     card = msgspec.structs.replace(card, **updates)

@@ -170,14 +170,15 @@ async def _stream(request: web.Request, state: AppState, d: Dispatched, fmt: _Fo
     response = web.StreamResponse(headers={**SSE_HEADERS, "x-diffmesh-worker": d.decision.worker_id})
     await response.prepare(request)
     itl = state.metrics.model(model).itl
-    reply, last = d.first, time.monotonic()
+    reply, last = d.first, None  # the first chunk's latency is TTFT, not an inter-token gap
     try:
         while not isinstance(reply, Final):
             if isinstance(reply, Chunk) and reply.text:
                 pieces = reply.pieces or [reply.text]
                 await response.write(b"".join(fmt.chunk(piece) for piece in pieces))
                 now = time.monotonic()
-                itl.observe((now - last) / max(len(reply.token_ids) // 4, 1))
+                if last is not None:
+                    itl.observe((now - last) / max(len(reply.token_ids) // 4, 1))
                 last = now
             reply = raise_if_error(await d.stream.next())
     except MeshError as exc:  # headers are out: report in-band, as OpenAI clients expect
