@@ -95,3 +95,26 @@ class RouterMetrics:
         self.kv_dumps = Gauge(f"{p}_kv_dumps", "Full KV dumps applied (first sight, event-id gaps)", registry=r)
         self.kv_gaps = Gauge(f"{p}_kv_event_gaps", "Event-id gaps detected", registry=r)
         self.workers = Gauge(f"{p}_live_workers", "Workers with a fresh heartbeat", ["model"], registry=r)
+
+    def observe(self, decision) -> None:
+        """One routing decision (protocol.routing.RouteDecision): its mode and latency by phase."""
+        self.decisions.labels(decision.mode).inc()
+        self.overhead.labels("hashing").observe(decision.hash_s)
+        self.overhead.labels("matching").observe(decision.match_s)
+        self.overhead.labels("scoring").observe(decision.score_s)
+
+    def refresh(self, router) -> None:
+        """Copy a router.core.Router's counters and per-worker state into the gauges (call before a scrape)."""
+        self.kv_hit_rate.set(router.hit_rate)
+        for (kind, status), count in router.stats.applied.items():
+            self.events.labels(kind, status).set(count)
+        self.kv_dumps.set(router.stats.num_dumps)
+        self.kv_gaps.set(router.stats.num_gaps)
+        for gauge in (self.worker_load, self.worker_blocks, self.worker_requests, self.indexed_blocks):
+            gauge.clear()
+        for s in router.tracker.workers.values():
+            self.worker_load.labels(s.worker_id).set(s.predicted_prefill_tokens)
+            self.worker_blocks.labels(s.worker_id).set(s.num_active_blocks)
+            self.worker_requests.labels(s.worker_id).set(s.num_active)
+            self.indexed_blocks.labels(s.worker_id).set(router.index.num_blocks(s.worker_id)
+                                                        + router.approx.num_blocks(s.worker_id))

@@ -115,19 +115,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def _refresh_router_gauges(state: AppState) -> None:
-    router, m = state.router.router, state.metrics.router
-    m.kv_hit_rate.set(router.hit_rate)
-    for (kind, status), count in router.stats.applied.items():
-        m.events.labels(kind, status).set(count)
-    m.kv_dumps.set(router.stats.num_dumps)
-    m.kv_gaps.set(router.stats.num_gaps)
-    for gauge in (m.worker_load, m.worker_blocks, m.worker_requests, m.indexed_blocks, m.workers):
-        gauge.clear()
-    for s in router.tracker.workers.values():
-        m.worker_load.labels(s.worker_id).set(s.predicted_prefill_tokens)
-        m.worker_blocks.labels(s.worker_id).set(s.num_active_blocks)
-        m.worker_requests.labels(s.worker_id).set(s.num_active)
-        m.indexed_blocks.labels(s.worker_id).set(router.index.num_blocks(s.worker_id) + router.approx.num_blocks(s.worker_id))
+    m = state.metrics.router
+    m.refresh(state.router.router)
+    m.workers.clear()
     for name, workers in state.registry.live_models().items():
         m.workers.labels(name).set(len(workers))
 

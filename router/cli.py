@@ -33,6 +33,8 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--busy-waiting", type=int, help="waiting requests at which a worker is busy")
     parser.add_argument("--approx-ttl", type=float, dest="approx_ttl_s", help="approximate-mode TTL in seconds (120)")
     parser.add_argument("--approx-max-blocks", type=int, help="approximate-mode size cap in blocks (2^20)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (off by default)")
+    parser.add_argument("--metrics-host", default="0.0.0.0", help="bind address of the metrics server")
     parser.add_argument("--dry-run", action="store_true", help="print the configuration and exit")
 
 
@@ -61,28 +63,51 @@ def run_router(args: argparse.Namespace) -> int:
         print(f"namespace={namespace} nats={nats.servers}")
         return 0
     gc.set_threshold(*GC_THRESHOLDS)
-    _run(_until_signal(lambda stop: serve_router(nats, namespace, config, stop)))
+    metrics = (args.metrics_host, args.metrics_port) if args.metrics_port else None
+    _run(_until_signal(lambda stop: serve_router(nats, namespace, config, stop, metrics=metrics)))
     return 0
 
 
 async def serve_router(nats, namespace: str, config: RouterConfig, stop: asyncio.Event,
-                       ready: asyncio.Future | None = None) -> None:
-    """Connect, serve until `stop`, drain. `ready` gets the RouterService once it answers."""
+                       ready: asyncio.Future | None = None, metrics: tuple[str, int] | None = None) -> None:
+    """Connect, serve until `stop`, drain. `ready` gets the RouterService once it answers; `metrics` = (host, port)."""
     from diffmesh.bus import connect
     from router.core import Router
     from router.service import RouterService, new_router_id
 
     nc = await connect(nats, name="diffmesh-router")
-    service = RouterService(nc, namespace, Router(config, router_id=new_router_id()), serve=True)
+    router = Router(config, router_id=new_router_id())
+    server, gauges = _start_metrics(*metrics) if metrics else (None, None)
+    service = RouterService(nc, namespace, router, serve=True, on_decision=gauges.observe if gauges else None)
     await service.start()
-    log.info("router %s serving %s in namespace %s", service.router.router_id, config.policy.mode, namespace)
+    refresher = asyncio.create_task(_refresh_metrics(gauges, router)) if gauges else None
+    log.info("router %s serving %s in namespace %s", router.router_id, config.policy.mode, namespace)
     if ready is not None:
         ready.set_result(service)
     try:
         await stop.wait()
     finally:
+        if refresher is not None:
+            refresher.cancel()
+            server.shutdown()
         await service.stop()
         await nc.drain()
+
+
+def _start_metrics(host: str, port: int):
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from diffmesh.metrics import RouterMetrics
+
+    registry = CollectorRegistry()
+    server, _ = start_http_server(port, host, registry=registry)
+    return server, RouterMetrics(registry)
+
+
+async def _refresh_metrics(gauges, router, interval_s: float = 1.0) -> None:
+    while True:
+        gauges.refresh(router)
+        await asyncio.sleep(interval_s)
 
 
 # --- diffmesh replay ------------------------------------------------------------------------------

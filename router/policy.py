@@ -17,7 +17,9 @@ _TIE = 1e-9
 @dataclass(frozen=True)
 class PolicyConfig:
     mode: str = "kv"
-    overlap_weight: float = 1.0  # weight of prefill blocks against decode blocks in the cost
+    # Weight of prefill blocks against decode blocks. Dynamo's default is 1.0; on the Mooncake conversation replay
+    # (router/replay.py) 16 keeps 91 % of the infinite-cache hit rate at the trace's rate where 1.0 keeps 80 %.
+    overlap_weight: float = 16.0
     temperature: float = 0.0  # 0 = argmin; > 0 samples from a softmax over normalised costs
     busy_kv_fraction: float = 0.95  # a worker using more of its KV blocks than this is busy
     busy_waiting: int | None = None  # a worker with this many waiting requests is busy (None = capacity + max_queue)
@@ -52,10 +54,11 @@ def kv_costs(states: Sequence[WorkerState], overlaps: dict[str, int], num_tokens
     costs = []
     num_blocks = len(keys)
     for state in states:
-        new_tokens = max(num_tokens - overlaps.get(state.card.worker_id, 0) * block_size, 0)
-        prefill_blocks = (state.predicted_prefill_tokens + new_tokens) / block_size
-        new_blocks = num_blocks - leading_active(state.active_blocks, keys)
-        costs.append(overlap_weight * prefill_blocks + len(state.active_blocks) + new_blocks)
+        active = state.active_blocks
+        new_tokens = num_tokens - overlaps.get(state.card.worker_id, 0) * block_size if overlaps else num_tokens
+        prefill_blocks = (state.predicted_prefill_tokens + (new_tokens if new_tokens > 0 else 0)) / block_size
+        decode_blocks = len(active) + num_blocks - (leading_active(active, keys) if active else 0)
+        costs.append(overlap_weight * prefill_blocks + decode_blocks)
     return costs
 
 

@@ -11,7 +11,7 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
-from diffmesh.config import ConfigError
+from diffmesh.config import ConfigError, from_env
 from protocol import subjects
 from protocol.control import DumpKv, control_encoder, dump_decoder
 from protocol.errors import MeshError, WorkerUnavailable, error_from_code
@@ -39,7 +39,8 @@ class RouterService:
     """
 
     def __init__(self, nc: nats.NATS, namespace: str, router: Router, expire_interval_s: float = 0.25,
-                 dump_timeout_s: float = 5.0, serve: bool = False, track_kv: bool = True):
+                 dump_timeout_s: float = 5.0, serve: bool = False, track_kv: bool = True,
+                 on_decision: Callable[[RouteDecision], None] | None = None):
         self.nc = nc
         self.ns = namespace
         self.router = router
@@ -47,6 +48,7 @@ class RouterService:
         self.dump_timeout_s = dump_timeout_s
         self.serve = serve
         self.track_kv = track_kv  # False: liveness only (a RemoteRouter's local view)
+        self.on_decision = on_decision  # served decisions go here (the standalone router's metrics)
         self._lost_listeners: list[Callable[[str], None]] = []
         self._subs: list = []
         self._tasks: set[asyncio.Task] = set()
@@ -178,6 +180,9 @@ class RouterService:
             answer = RouteError(code="invalid_request", message=f"bad route request: {exc}")
         except MeshError as exc:
             answer = RouteError(code=exc.code, message=exc.message, retry_after=exc.retry_after, param=exc.param)
+        else:
+            if self.on_decision is not None:
+                self.on_decision(answer)
         if msg.reply:
             await self.nc.publish(msg.reply, routing_encoder.encode(answer))
 
@@ -219,8 +224,14 @@ class RemoteRouter(RouterService):
 
 
 def build_router_service(nc: nats.NATS, namespace: str, mode: str, router_url: str | None) -> RouterService:
-    """A frontend's router: embedded and synced with other frontends (router_url None), or a client of `diffmesh router`."""
-    config = RouterConfig(policy=PolicyConfig(mode=mode))
+    """A frontend's router: embedded and synced with other frontends (router_url None), or a client of `diffmesh router`.
+
+    Policy knobs other than the mode come from DIFFMESH_ROUTER_* variables, as for `diffmesh router`.
+    """
+    try:
+        config = RouterConfig(policy=from_env(PolicyConfig, prefix="DIFFMESH_ROUTER_", mode=mode))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if router_url is None:
         return RouterService(nc, namespace, Router(config, router_id=new_router_id("frontend")))
     if router_url == "nats":

@@ -45,6 +45,16 @@ def test_cost_is_weighted_prefill_blocks_plus_decode_blocks():
     assert kv_costs(states, {"a": 3, "c": 1}, 16, BS, keys, overlap_weight=2.0) == [12.0, 13.0, 10.0]
 
 
+def test_higher_overlap_weight_holds_on_to_the_cache_longer():
+    chosen = {}
+    for weight in (1.0, 16.0):
+        router, workers = make_router(2, overlap_weight=weight)
+        cache(router, workers["w0"], range(32))
+        chosen[weight] = [router.route(route_request(f"r{i}", list(range(32)) + [1000 + i] * 12)).worker_id
+                          for i in range(6)]
+    assert chosen[1.0].count("w0") < chosen[16.0].count("w0")
+
+
 def test_router_prefers_worker_with_longest_cached_prefix():
     router, workers = make_router(3)
     prompt = list(range(40))
@@ -71,7 +81,7 @@ def test_predicted_load_added_on_route_prefill_removed_at_first_token_freed_at_e
 
 
 def test_burst_of_identical_prefixes_spreads_through_the_load_term():
-    router, workers = make_router(2)
+    router, workers = make_router(2, overlap_weight=1.0)
     prefix = list(range(32))  # 8 cached blocks on w0; every request adds 3 blocks of its own
     cache(router, workers["w0"], prefix)
     chosen = [router.route(route_request(f"r{i}", prefix + [1000 + i] * 12)).worker_id for i in range(6)]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 
-from diffmesh.bus import wait_for
+from diffmesh.bus import free_port, wait_for
 from diffmesh.config import NatsConfig
 from protocol import subjects
 from protocol.control import KvDump, control_decoder, control_encoder
@@ -56,7 +57,9 @@ async def test_replicas_share_predicted_load_over_the_sync_subject(nc, mesh):
 async def test_standalone_router_serves_remote_clients(nats_server, nc, mesh):
     ns = mesh.namespace
     stop, ready = asyncio.Event(), asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve_router(NatsConfig(url=nats_server.url), ns, RouterConfig(), stop, ready))
+    port = free_port()
+    task = asyncio.create_task(serve_router(NatsConfig(url=nats_server.url), ns, RouterConfig(), stop, ready,
+                                            metrics=("127.0.0.1", port)))
     standalone = await ready
     client = RemoteRouter(nc, ns, Router())
     await client.start()
@@ -74,6 +77,12 @@ async def test_standalone_router_serves_remote_clients(nats_server, nc, mesh):
         with pytest.raises(InvalidRequest) as info:
             await client.route(route_request("q3", range(16), mode="fastest"))
         assert info.value.code == "invalid_request" and info.value.param == "$.nvext.router_mode"
+        async with aiohttp.ClientSession() as session:
+            async def scraped():
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    text = await response.text()
+                return 'dynamo_router_requests_total{mode="kv"} 1.0' in text and 'dynamo_router_indexed_blocks{worker_id="w0"}' in text
+            await wait_for(scraped, 5.0, 0.05)
     finally:
         await client.stop()
         stop.set()
