@@ -155,7 +155,8 @@ def run_replay(args: argparse.Namespace) -> int:
         raise ConfigError(f"trace {args.trace}: {exc}") from None
     gc.set_threshold(*GC_THRESHOLDS)
     distinct, infinite = trace_stats(requests, args.block_size, args.trace_block_tokens)
-    num_blocks = args.num_blocks or max(int(distinct * args.cache_fraction), 1)
+    longest = max((-(-r.input_length // args.block_size) for r in requests), default=1)
+    num_blocks = max(args.num_blocks or int(distinct * args.cache_fraction), longest)  # the longest prompt must fit
     if not args.json:
         print(f"{args.trace}: {len(requests)} requests, {distinct} distinct {args.block_size}-token blocks; "
               f"{args.workers} workers x {num_blocks} blocks; arrivals x{args.speedup:g}; "

@@ -135,7 +135,8 @@ class Replay:
         self.requests = requests
         self.config = config
         self.now_ms = 0.0
-        policy = PolicyConfig(mode=config.policy, overlap_weight=config.overlap_weight, temperature=config.temperature)
+        policy = PolicyConfig(mode=config.policy, overlap_weight=config.overlap_weight, temperature=config.temperature,
+                              busy_kv_fraction=1.0)  # simulated workers queue instead of refusing
         self.router = Router(RouterConfig(policy=policy), rng=random.Random(config.seed), clock=lambda: self.now_ms / 1e3)
         engine = MockerConfig(block_size=config.block_size, num_blocks=config.num_blocks, max_num_seqs=config.max_num_seqs,
                               max_batched_tokens=config.max_batched_tokens)

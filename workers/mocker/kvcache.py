@@ -47,7 +47,8 @@ class BlockCache:
 
     def can_fit(self, seq_hashes: Sequence[int]) -> bool:
         missing = sum(1 for h in seq_hashes if h not in self._blocks)
-        return missing <= len(self._free) + (self.num_blocks - len(self._blocks))
+        pinned_free = sum(1 for h in seq_hashes if h in self._free)  # cached but unreferenced: acquire pins them
+        return missing <= len(self._free) - pinned_free + (self.num_blocks - len(self._blocks))
 
     def acquire(self, seq_hashes: Sequence[int], local_hashes: Sequence[int], parent: int | None = None) -> int:
         """Pin the blocks (storing missing ones, evicting LRU free blocks); return how many were cached before."""
