@@ -1,11 +1,16 @@
 """dLLM decoding benchmark: reference LLaDA vs threshold decoding, block KV cache, both, and a warm prefix cache.
 
 One run, one table, baseline included: tokens/s, forward passes per token and agreement of each variant's tokens
-with the reference (steps = gen_length, no cache). Then time to first token for a long shared prompt with a cold
-and a warm cross-request prefix cache. The model is the tiny LLaDA2-shaped denoiser with its output head scaled
-(peaked logits); its weights are random, so agreement measures decoding drift, not answer quality.
+with the reference (LLaDA low-confidence remasking, steps = gen_length, no cache), per model and prompt length.
+Then time to first token for a long shared prompt with a cold and a warm cross-request prefix cache.
 
-    python bench/bench_dllm.py            # full run (~1-2 min on 2 CPU cores)
+Models (all tiny LLaDA2-shaped LLaMA denoisers with block-causal attention, loaded through from_pretrained):
+- `random`: random weights, output head scaled (peaked logits). Its confidence is not evidence of anything, so
+  parallel commits drift from the reference, and random weights collapse onto a few ids (`distinct ids`).
+- `copy`: one layer with hand-set weights that predicts the token 8 positions back; its confidence is ~1 exactly
+  when the source is visible, the property threshold decoding relies on in trained dLLMs.
+
+    python bench/bench_dllm.py            # full run (~2-3 min on one CPU core)
     python bench/bench_dllm.py --quick    # short run
     python bench/bench_dllm.py --json
 """
@@ -32,37 +37,43 @@ from workers.dllm.tiny import TinySpec, ensure_tiny_dllm  # noqa: E402
 
 @dataclass
 class Row:
+    model: str
+    prompt_tokens: int
     variant: str
     tokens_per_s: float
+    speedup: float  # tokens/s over the reference
     forward_passes: int
     passes_per_token: float
     agreement: float  # fraction of positions equal to the reference's tokens
-    speedup: float  # tokens/s over the reference
+    distinct_tokens: int  # how varied the output is: random weights often collapse onto a few ids
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short run: fewer tokens and repeats")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--sections", default="random:64,random:512,copy:64", help="model:prompt_tokens, comma-separated")
     parser.add_argument("--gen-length", type=int, default=256)
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--threshold", type=float, default=0.9)
-    parser.add_argument("--head-scale", type=float, default=100.0, help="output head multiplier (peaked logits)")
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--head-scale", type=float, default=100.0, help="random model's output head multiplier")
     parser.add_argument("--ttft-prompt-tokens", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each variant reports its best round")
-    parser.add_argument("--cache-dir", help="where the tiny model is built (default: a temporary directory)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (tiny models: 1 is fastest)")
+    parser.add_argument("--cache-dir", help="where the tiny models are built (default: a temporary directory)")
     args = parser.parse_args(argv)
     if args.quick:
         args.gen_length, args.repeats, args.ttft_prompt_tokens = 64, 2, 512
     return args
 
 
-def build_engines(args, model_dir: Path) -> tuple[DllmEngine, DllmEngine]:
-    """(no cross-request cache, with cross-request cache): the first keeps variants independent."""
-    config = dict(model=str(model_dir), max_forward_passes=4 * args.gen_length)
+def build_engines(args, model: str, cache_dir: str) -> tuple[DllmEngine, DllmEngine]:
+    """(no cross-request cache, with one): the first keeps the variants independent of each other."""
+    context = max(2048, args.ttft_prompt_tokens + 4 * args.block_length)
+    spec = TinySpec(block_size=args.block_length, context_length=context, head_scale=args.head_scale)
+    if model == "copy":
+        spec = TinySpec(arch="copy", block_size=args.block_length, context_length=context)
+    config = dict(model=str(ensure_tiny_dllm(cache_dir, spec)), max_forward_passes=4 * args.gen_length)
     return DllmEngine.from_pretrained(DllmConfig(max_cache_blocks=0, **config)), DllmEngine.from_pretrained(DllmConfig(**config))
 
 
@@ -71,9 +82,9 @@ def prompt_of(engine: DllmEngine, num_tokens: int, seed: int) -> list[int]:
     return words.tolist()
 
 
-def run_once(engine: DllmEngine, prompt: list[int], args, options: DiffusionOptions) -> tuple[float, list[int], int, float]:
+def run_once(engine: DllmEngine, prompt: list[int], gen_length: int, options: DiffusionOptions) -> tuple[float, list[int], int, float]:
     """(seconds, tokens, forward passes, seconds to the first streamed token)."""
-    sampling = SamplingOptions(max_tokens=args.gen_length, ignore_eos=True, seed=0)
+    sampling = SamplingOptions(max_tokens=gen_length, ignore_eos=True, seed=0)
     start = time.perf_counter()
     first = None
     tokens: list[int] = []
@@ -86,10 +97,10 @@ def run_once(engine: DllmEngine, prompt: list[int], args, options: DiffusionOpti
     raise RuntimeError("stream ended without a final output")
 
 
-def throughput_table(args, engines) -> list[Row]:
-    """All variants, interleaved round by round so neighbours' load hits them alike; best of `repeats` rounds."""
+def throughput_rows(args, model: str, engines, prompt_tokens: int) -> list[Row]:
+    """All variants, interleaved round by round so a noisy neighbour hits them alike; best of `repeats` rounds."""
     cold, prefix = engines
-    prompt = prompt_of(cold, args.prompt_tokens, seed=1)
+    prompt = prompt_of(cold, prompt_tokens, seed=1)
     g, block, tau = args.gen_length, args.block_length, args.threshold
     variants = [
         ("reference LLaDA (steps = gen_length)", cold, DiffusionOptions(steps=g, block_length=block, use_cache=False)),
@@ -98,13 +109,13 @@ def throughput_table(args, engines) -> list[Row]:
         (f"threshold {tau} + block KV cache", cold, DiffusionOptions(block_length=block, threshold=tau, use_cache=True)),
         ("both + warm prefix cache", prefix, DiffusionOptions(block_length=block, threshold=tau, use_cache=True)),
     ]
-    run_once(prefix, prompt, args, variants[-1][2])  # warms the prefix cache (and the allocator)
+    run_once(prefix, prompt, g, variants[-1][2])  # fills the prefix cache (and warms the allocator)
     seconds: list[list[float]] = [[] for _ in variants]
     results: list[tuple[list[int], int]] = []
     for _ in range(args.repeats):
         results = []
         for i, (_, engine, options) in enumerate(variants):
-            elapsed, tokens, passes, _ = run_once(engine, prompt, args, options)
+            elapsed, tokens, passes, _ = run_once(engine, prompt, g, options)
             seconds[i].append(elapsed)
             results.append((tokens, passes))
     reference = results[0][0]
@@ -112,7 +123,8 @@ def throughput_table(args, engines) -> list[Row]:
     for (name, _, _), times, (tokens, passes) in zip(variants, seconds, results):
         rate = len(tokens) / min(times)
         agreement = sum(x == y for x, y in zip(tokens, reference)) / len(reference)
-        rows.append(Row(name, rate, passes, passes / len(tokens), agreement, rate / (rows[0].tokens_per_s if rows else rate)))
+        speedup = rate / (rows[0].tokens_per_s if rows else rate)
+        rows.append(Row(model, prompt_tokens, name, rate, speedup, passes, passes / len(tokens), agreement, len(set(tokens))))
     return rows
 
 
@@ -121,37 +133,36 @@ def ttft(args, engines) -> dict:
     _, engine = engines
     prompt = prompt_of(engine, args.ttft_prompt_tokens, seed=2)
     options = DiffusionOptions(block_length=args.block_length, threshold=args.threshold, use_cache=True)
-    short = argparse.Namespace(**{**vars(args), "gen_length": args.block_length})
     cold, warm = [], []
-    run_once(engine, prompt, short, options)  # warm up kernels and allocator
+    run_once(engine, prompt, args.block_length, options)  # warm up kernels and allocator
     for _ in range(max(5, args.repeats)):
         engine.clear_cache()
-        cold.append(run_once(engine, prompt, short, options)[3])
-        warm.append(run_once(engine, prompt, short, options)[3])
+        cold.append(run_once(engine, prompt, args.block_length, options)[3])
+        warm.append(run_once(engine, prompt, args.block_length, options)[3])
     return {"prompt_tokens": len(prompt), "cold_ms": 1000 * min(cold), "warm_ms": 1000 * min(warm), "reduction": min(cold) / min(warm)}
 
 
 def print_tables(args, rows: list[Row], first_token: dict) -> None:
-    print(f"tiny dLLM h{args.hidden_size} L{args.layers}, head x{args.head_scale:g}, prompt {args.prompt_tokens}, "
-          f"gen {args.gen_length}, block {args.block_length}, {torch.get_num_threads()} threads, best of {args.repeats} interleaved rounds\n")  # fmt: skip
-    print("| variant | tokens/s | speedup | forward passes | passes/token | agreement |")
-    print("|---|---|---|---|---|---|")
+    print(f"tiny dLLMs (h64, block-causal), gen {args.gen_length}, block {args.block_length}, random head x{args.head_scale:g}, "
+          f"{torch.get_num_threads()} thread(s), best of {args.repeats} interleaved rounds\n")  # fmt: skip
+    print("| model | prompt | variant | tokens/s | speedup | forward passes | passes/token | agreement | distinct ids |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r.variant} | {r.tokens_per_s:.0f} | {r.speedup:.1f}x | {r.forward_passes} | {r.passes_per_token:.3f} | {100 * r.agreement:.1f}% |")
-    print(f"\ntime to first token, {first_token['prompt_tokens']}-token shared prompt (threshold + block KV cache):")
+        print(f"| {r.model} | {r.prompt_tokens} | {r.variant} | {r.tokens_per_s:.0f} | {r.speedup:.1f}x | {r.forward_passes} "
+              f"| {r.passes_per_token:.3f} | {100 * r.agreement:.1f}% | {r.distinct_tokens} |")  # fmt: skip
+    print(f"\ntime to first token, {first_token['prompt_tokens']}-token shared prompt (random model, threshold + block KV cache):")
     print("| prefix cache | TTFT |\n|---|---|")
     print(f"| cold | {first_token['cold_ms']:.1f} ms |\n| warm | {first_token['warm_ms']:.1f} ms ({first_token['reduction']:.1f}x less) |")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="bench-dllm-")
-    spec = TinySpec(hidden_size=args.hidden_size, num_layers=args.layers, block_size=args.block_length,
-                    context_length=max(2048, args.ttft_prompt_tokens + 4 * args.block_length), head_scale=args.head_scale)  # fmt: skip
-    engines = build_engines(args, ensure_tiny_dllm(cache_dir, spec))
-    rows = throughput_table(args, engines)
-    first_token = ttft(args, engines)
+    sections = [(model, int(n)) for model, n in (part.split(":") for part in args.sections.split(",") if part.strip())]
+    engines = {model: build_engines(args, model, cache_dir) for model in dict.fromkeys(m for m, _ in sections)}
+    rows = [row for model, n in sections for row in throughput_rows(args, model, engines[model], n)]
+    first_token = ttft(args, engines.get("random") or next(iter(engines.values())))
     if args.json:
         print(json.dumps({"config": vars(args), "variants": [asdict(r) for r in rows], "ttft": first_token}, indent=2))
     else:

@@ -28,6 +28,7 @@ class DllmConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
     attention: Attention = "auto"  # auto = config.json `dllm_attention`, else full for MLMs, else by model type
     block_size: int | None = None  # tokens per block and per KV-cache block; None = config.json or 32
+    mask_format: Literal["auto", "4d", "2d"] = "auto"  # auto: 4-D for transformers classes, 2-D padding for remote code
     default_steps: int | None = None  # None = one token per step (LLaDA's best quality)
     default_threshold: float | None = None  # None = fixed tokens per step
     default_use_cache: bool = True  # block KV cache for block-causal models
@@ -47,6 +48,7 @@ class DllmConfig:
             if isinstance(value, str):
                 object.__setattr__(self, name, _parse_ids(name, value))
         _require(self.attention in ("auto", "full", "block_causal"), "attention", self.attention)
+        _require(self.mask_format in ("auto", "4d", "2d"), "mask_format", self.mask_format)
         _require(self.block_size is None or self.block_size >= 1, "block_size", self.block_size)
         _require(self.default_steps is None or self.default_steps >= 1, "default_steps", self.default_steps)
         _require(

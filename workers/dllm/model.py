@@ -34,7 +34,7 @@ class SpecialIds:
 class Denoiser:
     """One forward of a masked-diffusion model: logits for the last `num_logits` positions, plus new KV."""
 
-    def __init__(self, model, attention: Literal["full", "block_causal"], context_length: int):
+    def __init__(self, model, attention: Literal["full", "block_causal"], context_length: int, mask_format: str = "auto"):
         self.model = model
         self.attention = attention
         self.context_length = context_length
@@ -43,7 +43,10 @@ class Denoiser:
         self._cache_kwarg = next((name for name in ("cache", "past_key_values") if name in params), None)
         self._has_logits_to_keep = "logits_to_keep" in params
         self._has_position_ids = "position_ids" in params
-        self.supports_cache = attention == "block_causal" and self._cache_kwarg is not None
+        # transformers' own classes take 4-D boolean masks; remote code (LLaDA) expects [batch, keys] padding masks
+        native = type(model).__module__.startswith("transformers.")
+        self.mask_format = mask_format if mask_format != "auto" else ("4d" if native else "2d")
+        self.supports_cache = attention == "block_causal" and self._cache_kwarg is not None and self.mask_format == "4d"
         self.num_forwards = 0  # model calls, all requests together
 
     @torch.inference_mode()
@@ -58,7 +61,7 @@ class Denoiser:
     ) -> tuple[torch.Tensor, KV | None]:
         """Run the model; logits are [batch, num_logits, vocab], kv (if keep_kv) covers past + input."""
         self.num_forwards += 1
-        kwargs: dict = {"input_ids": input_ids, "attention_mask": attention_mask}
+        kwargs: dict = {"input_ids": input_ids, "attention_mask": self._mask(attention_mask)}
         if self._has_position_ids:
             kwargs["position_ids"] = position_ids
         cache = None
@@ -70,6 +73,12 @@ class Denoiser:
             kwargs["logits_to_keep"] = num_logits
         logits = self.model(**kwargs).logits[:, -num_logits:]
         return logits, (_cache_to_kv(cache) if keep_kv else None)
+
+    def _mask(self, mask: torch.Tensor) -> torch.Tensor | None:
+        if self.mask_format == "4d":
+            return mask
+        keys = mask[:, 0].any(dim=1)  # 2-D: which keys any query may see, i.e. not padding
+        return None if bool(keys.all()) else keys.long()
 
     def _new_cache(self, past: KV | None):
         from transformers import DynamicCache
@@ -93,7 +102,7 @@ def load_model(config: DllmConfig):
     is_masked_lm = any(arch.endswith("ForMaskedLM") for arch in (model_config.architectures or []))
     model = _load_weights(config, model_config, is_masked_lm).to(config.device).eval()
     attention = detect_attention(model_config, is_masked_lm, config.attention)
-    denoiser = Denoiser(model, attention, context_length(model_config, tokenizer))
+    denoiser = Denoiser(model, attention, context_length(model_config, tokenizer), config.mask_format)
     block_size = config.block_size or getattr(model_config, "dllm_block_size", None) or DEFAULT_BLOCK_SIZE
     return denoiser, tokenizer, special_ids(model_config, tokenizer, config), int(block_size)
 

@@ -6,6 +6,7 @@ same `from_pretrained` path a real checkpoint (LLaDA, LLaDA2) takes, without a m
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -42,7 +43,7 @@ BUILT_MARKER = ".diffmesh-built"  # written last: a directory without it is inco
 class TinySpec:
     """Shape of a tiny dLLM; every field is part of the directory name, so specs never share a folder."""
 
-    arch: Literal["llama", "bert"] = "llama"
+    arch: Literal["llama", "bert", "copy"] = "llama"  # copy: hand-set weights, see build_copy_model
     attention: Literal["block_causal", "full"] = "block_causal"  # llama only; bert is always full
     hidden_size: int = 64
     num_layers: int = 2
@@ -50,13 +51,15 @@ class TinySpec:
     block_size: int = 32  # dllm_block_size written into config.json
     context_length: int = 2048
     head_scale: float = 1.0  # multiplies lm_head: >1 gives peaked ("confident") logits
+    copy_offset: int = 8  # copy model: each position predicts the token this many positions back
     seed: int = 0
 
     @property
     def dirname(self) -> str:
         attention = "full" if self.arch == "bert" else self.attention
+        arch = f"copy{self.copy_offset}" if self.arch == "copy" else self.arch
         return (
-            f"tiny-dllm-{self.arch}-{attention}-h{self.hidden_size}-l{self.num_layers}-b{self.block_size}"
+            f"tiny-dllm-{arch}-{attention}-h{self.hidden_size}-l{self.num_layers}-b{self.block_size}"
             f"-ctx{self.context_length}-x{self.head_scale:g}-s{self.seed}"
         )
 
@@ -90,7 +93,7 @@ def build_tiny_dllm(directory: Path, spec: TinySpec) -> None:
     hf_logging.disable_progress_bar()
     tokenizer = build_tokenizer(directory)
     torch.manual_seed(spec.seed)
-    model = _build_model(spec, tokenizer)
+    model = build_copy_model(spec, tokenizer) if spec.arch == "copy" else _build_model(spec, tokenizer)
     if spec.head_scale != 1.0:
         with torch.no_grad():
             _output_head(model).weight.mul_(spec.head_scale)
@@ -158,3 +161,66 @@ def _build_model(spec: TinySpec, tokenizer):
 
 def _output_head(model):
     return model.get_output_embeddings()
+
+
+def build_copy_model(spec: TinySpec, tokenizer):
+    """A one-layer LLaMA whose weights are set by hand: every position predicts the token `copy_offset` back.
+
+    Its confidence means something, unlike random weights': ~1 where the source token is visible and committed,
+    ~1/vocab where the source is still masked. That is the property threshold decoding relies on in trained
+    dLLMs, so the benchmark can check that parallel commits keep the reference's tokens. The head is a single
+    RoPE attention head whose query/key are constant phasors, so its score peaks at relative distance
+    `copy_offset` (a sum of cosines); values and output projection copy the token subspace of the residual.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hidden, theta = spec.hidden_size, 400.0  # theta: RoPE frequencies spread over (0.003, 1] rad, all discriminative
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=1, num_attention_heads=1,
+        num_key_value_heads=1, intermediate_size=8, max_position_embeddings=spec.context_length,
+        tie_word_embeddings=False, rope_theta=theta, rms_norm_eps=1e-6, mask_token_id=tokenizer.mask_token_id,
+        dllm_attention="block_causal", dllm_block_size=spec.block_size, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config)
+    embeddings = _copy_embeddings(len(tokenizer), hidden, tokenizer.mask_token_id, spec.seed)
+    token_part = torch.diag(torch.tensor([0.0] + [1.0] * (hidden - 1)))  # everything but the constant dim 0
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()  # the MLP stays zero: attention alone does the copying
+        for norm in (model.model.norm, model.model.layers[0].input_layernorm, model.model.layers[0].post_attention_layernorm):
+            norm.weight.fill_(1.0)
+        model.model.embed_tokens.weight.copy_(embeddings)
+        attention = model.model.layers[0].self_attn
+        query, key = _offset_phasors(hidden, theta, spec.copy_offset, amplitude=12.0)
+        attention.q_proj.weight[:, 0] = query  # reads the constant dim: the same query at every position
+        attention.k_proj.weight[:, 0] = key
+        attention.v_proj.weight.copy_(token_part)
+        attention.o_proj.weight.copy_(torch.eye(hidden))
+        model.lm_head.weight.copy_(embeddings @ token_part)
+    return model
+
+
+def _copy_embeddings(vocab_size: int, hidden: int, mask_id: int, seed: int):
+    """Dim 0 is a constant 1 (drives query and key); [MASK] owns dim 1; other tokens are random on dims 2..."""
+    import torch
+
+    radius = math.sqrt(hidden - 1)  # every row has RMS 1, so RMSNorm leaves dim 0 at exactly 1
+    directions = torch.randn(vocab_size, hidden - 2, generator=torch.Generator().manual_seed(seed))
+    embeddings = torch.zeros(vocab_size, hidden)
+    embeddings[:, 0] = 1.0
+    embeddings[:, 2:] = radius * directions / directions.norm(dim=1, keepdim=True)
+    embeddings[mask_id, 2:] = 0.0
+    embeddings[mask_id, 1] = radius  # orthogonal to every token: a masked source predicts nothing (uniform)
+    return embeddings
+
+
+def _offset_phasors(head_dim: int, theta: float, offset: int, amplitude: float):
+    """Query/key halves (HF rotate_half layout) whose RoPE score is sum_f A^2 cos((i - j - offset) w_f)."""
+    import torch
+
+    omega = theta ** (-torch.arange(head_dim // 2, dtype=torch.float64) * 2 / head_dim)
+    query = amplitude * torch.exp(-1j * offset * omega)
+    key = amplitude * torch.ones_like(query)
+    return torch.cat([query.real, query.imag]).float(), torch.cat([key.real, key.imag]).float()

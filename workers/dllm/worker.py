@@ -150,6 +150,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], help="default: bfloat16 on cuda, float32 on cpu")
     group.add_argument("--attention", choices=["auto", "full", "block_causal"],
                        help="denoiser attention: full (LLaDA) or block_causal (LLaDA2, enables the KV caches); default auto")
+    group.add_argument("--mask-format", choices=["auto", "4d", "2d"],
+                       help="attention masks the model takes: 4d (transformers classes) or 2d padding (remote code); default auto")
     group.add_argument("--mask-id", type=int, help="mask token id (default: config.json mask_token_id or the tokenizer's)")
     group.add_argument("--eos-ids", help="comma-separated ids that end the answer (default: EOS + end-of-turn tokens)")
     group.add_argument("--suppress-ids", help="comma-separated ids never generated (mask and pad always are)")
@@ -185,7 +187,7 @@ def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None
     return from_env(
         DllmConfig, env, prefix=ENV_PREFIX, model=model, served_model_name=name, trust_remote_code=args.trust_remote_code,
         device=device, dtype=args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"),
-        attention=args.attention, block_size=args.block_size, default_steps=args.steps, default_threshold=args.threshold,
+        attention=args.attention, mask_format=args.mask_format, block_size=args.block_size, default_steps=args.steps, default_threshold=args.threshold,
         default_use_cache=None if args.no_cache is None else not args.no_cache, mask_id=args.mask_id,
         eos_ids=args.eos_ids, suppress_ids=args.suppress_ids, max_batch=args.max_batch, max_queue=args.max_queue,
         max_cache_blocks=args.cache_blocks, max_forward_passes=args.max_forward_passes, seed=args.seed,

@@ -154,3 +154,15 @@ def test_stops_at_eos_and_reports_usage(stub_engine):
     assert outs[-1].finish_reason == "stop"
     assert outs[-1].usage.completion_tokens == 5 and tokens_of(outs) == [40] * 5
     assert outs[-1].usage.prompt_tokens == 3
+
+
+def test_padding_only_masks_for_remote_code_models_disable_the_kv_cache(make_engine, tiny_dir, prompt_ids):
+    engine = make_engine(tiny_dir, mask_format="2d")  # what LLaDA-8B's own modeling code takes
+    denoiser = engine.denoiser
+    assert denoiser.mask_format == "2d" and not denoiser.supports_cache
+    mask = torch.ones(2, 1, 3, 5, dtype=torch.bool)
+    mask[1, :, :, :2] = False  # row 1 is left-padded by two positions
+    assert denoiser._mask(mask).tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]
+    assert denoiser._mask(torch.ones(1, 1, 3, 3, dtype=torch.bool)) is None
+    outs, _ = run(engine, prompt_ids, max_tokens=8)
+    assert outs[-1].usage.completion_tokens == 8 and outs[-1].usage.cached_tokens == 0
