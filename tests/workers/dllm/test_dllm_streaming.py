@@ -148,3 +148,17 @@ def test_temperature_sampling_follows_the_seed_and_random_remasking_runs(make_en
     assert sample(1) == sample(1)
     assert sample(1) != sample(2)
     assert len(sample(5, "random")) == 16
+
+
+def test_requests_beyond_max_batch_wait_for_a_free_slot(make_engine, tiny_dir, prompt_ids):
+    engine = make_engine(tiny_dir, max_batch=1, max_cache_blocks=0)
+    outputs: dict[str, list] = {"a": [], "b": []}
+    for name in "ab":
+        engine.submit(name, prompt_ids, SamplingOptions(max_tokens=8, ignore_eos=True), on_output=outputs[name].append)
+    engine.step()
+    assert engine.num_active == 1 and outputs["a"] and not outputs["b"]
+    assert engine.load_report()["active_prefill_tokens"] == len(prompt_ids)  # b waits with its whole prompt
+    while engine.step():
+        pass
+    assert outputs["a"][-1].finished and outputs["b"][-1].finished
+    assert engine.denoiser.num_forwards == outputs["a"][-1].usage.forward_passes + outputs["b"][-1].usage.forward_passes
