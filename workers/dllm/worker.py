@@ -165,12 +165,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     decoding.add_argument("--cache-blocks", type=int, help=f"prefix cache budget in blocks (default {DllmConfig.max_cache_blocks})")
     decoding.add_argument("--max-forward-passes", type=int, help="cap per request (default: 2 x generated positions + 8)")
     decoding.add_argument("--seed", type=int, help="seeds requests that carry none (default 0)")
+    decoding.add_argument("--threads", type=int, default=_env_int(ENV_PREFIX + "THREADS"),
+                          help="torch intra-op threads (env DIFFMESH_DLLM_THREADS; default torch's; 1 suits tiny models on shared CPUs)")
 
 
 def build_engine(args: argparse.Namespace) -> DllmWorker:
     """Load the model named by the flags (building the tiny default on first run) and wrap it for the bus."""
+    import torch
+
     from workers.dllm.engine import DllmEngine
 
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     return DllmWorker(DllmEngine.from_pretrained(config_from_args(args)))
 
 
@@ -192,6 +198,11 @@ def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None
         eos_ids=args.eos_ids, suppress_ids=args.suppress_ids, max_batch=args.max_batch, max_queue=args.max_queue,
         max_cache_blocks=args.cache_blocks, max_forward_passes=args.max_forward_passes, seed=args.seed,
     )  # fmt: skip
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
 
 
 def _default_device() -> str:
