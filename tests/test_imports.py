@@ -10,6 +10,7 @@ LIGHT_MODULES = [
     "protocol.openai", "protocol.work", "protocol.events", "protocol.control", "protocol.kv", "protocol.routing",
     "protocol.subjects", "protocol.errors", "router.core", "router.service", "router.index", "router.policy",
     "frontend.app", "frontend.text", "frontend.images", "frontend.registry", "diffmesh.cli", "workers.mocker.worker",
+    "workers.dllm.worker", "workers.image.worker", "workers.image.storage",
 ]
 
 

@@ -16,7 +16,6 @@ from protocol.work import Chunk, Final, GenerateRequest, WorkRequest
 from workers.contract import KvEventSink, RequestContext
 from diffmesh.config import from_env
 from workers.dllm.config import DllmConfig
-from workers.dllm.model import tokenizer_json
 
 DEFAULT_MODEL_NAME = "tiny-dllm"  # served name of the tiny default model `diffmesh up` builds
 DEFAULT_CACHE_DIR = "~/.cache/diffmesh/models"
@@ -68,6 +67,8 @@ class DllmWorker:
         return defaults
 
     def model_files(self) -> dict[str, bytes]:
+        from workers.dllm.model import tokenizer_json  # torch lives behind this import; keep the CLI light
+
         return {"tokenizer.json": tokenizer_json(self.engine.tokenizer, self.engine.config.model)}
 
     def load_report(self) -> dict:
