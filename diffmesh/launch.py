@@ -93,8 +93,9 @@ def up(args: argparse.Namespace) -> int:
     config = from_env(FrontendConfig, nats=NatsConfig(url=server.url), namespace=args.namespace, host=args.host,
                       port=args.port, router_mode=args.router_mode, api_key=args.api_key, media_dir=media_dir,
                       request_timeout_s=args.request_timeout_s, max_body_bytes=args.max_body_bytes)
-    children = [subprocess.Popen(command, env={**os.environ, "DIFFMESH_MEDIA_DIR": media_dir}, start_new_session=True)
-                for command in _worker_commands(args, server.url)]
+    commands = _worker_commands(args, server.url)
+    children = [subprocess.Popen(command, env=_worker_env(media_dir, len(commands)), start_new_session=True)
+                for command in commands]
     try:
         _run(_until_signal(lambda stop: _serve_up(config, server, children, stop)))
     finally:
@@ -134,6 +135,13 @@ async def _wait_models(url: str, expected: int, stop: asyncio.Event) -> list[str
                 return [m["id"] for m in data]
             await asyncio.sleep(0.2)
     return []
+
+
+def _worker_env(media_dir: str, num_workers: int) -> dict[str, str]:
+    """Workers share this machine's cores: one torch/OpenMP thread pool each, unless the user chose."""
+    env = {**os.environ, "DIFFMESH_MEDIA_DIR": media_dir}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(num_workers, 1))))
+    return env
 
 
 def _stop_children(children: list[subprocess.Popen]) -> None:
