@@ -1,7 +1,7 @@
 """Router decision latency (hash + match + score) and KV event ingest, with a naive baseline in the same run.
 
-Setup (issue 3): 32 workers, block size 16, about one million indexed (worker, block) pairs, 4,096-token prompts
-(256 blocks) of which half share a cached 1,024-token prefix. The baseline hashes the Dynamo chain and matches
+Setup (issue 3): 32 workers, one million indexed (worker, block) pairs, 4,096-token prompts (256 blocks of 16, or 64
+of 64 tokens) of which half share a cached 1,024-token prefix. The baseline hashes the Dynamo chain and matches
 against one Python set of sequence hashes per worker (what a straightforward router does); "router" is the real
 Router.route(). Run: python bench/bench_router.py [--quick] [--json]
 """
@@ -29,16 +29,15 @@ from protocol.routing import RouteRequest  # noqa: E402
 from router.cli import GC_THRESHOLDS  # noqa: E402
 from router.core import Router, RouterConfig  # noqa: E402
 
-BLOCK_SIZE = 16
 PROMPT_TOKENS = 4096
 NUM_WORKERS = 32
 SHARED_PREFIX_TOKENS = 1024
 NUM_SYSTEM_PROMPTS = 64
 
 
-def card(worker_id: str) -> WorkerCard:
+def card(worker_id: str, block_size: int) -> WorkerCard:
     return WorkerCard(worker_id=worker_id, namespace="bench", component="mocker", model="m", capacity=256,
-                      max_queue=1024, block_size=BLOCK_SIZE, kv_total_blocks=1 << 20, publishes_kv_events=True)
+                      max_queue=1024, block_size=block_size, kv_total_blocks=1 << 20, publishes_kv_events=True)
 
 
 def prompt(rng: np.random.Generator, prefixes: list[np.ndarray]) -> np.ndarray:
@@ -49,18 +48,21 @@ def prompt(rng: np.random.Generator, prefixes: list[np.ndarray]) -> np.ndarray:
     return tokens
 
 
-def build_events(num_blocks: int, rng: np.random.Generator, prefixes: list[np.ndarray]) -> list[tuple[bytes, int]]:
-    """Encoded KV event batches (one stored chain of a prompt each) spread over the workers, and their block counts."""
-    batches, total, n = [], 0, 0
+def build_events(num_blocks: int, rng: np.random.Generator, prefixes: list[np.ndarray],
+                 block_size: int) -> list[tuple[bytes, int]]:
+    """Encoded KV event batches (one stored chain of a prompt each) spread over the workers, and their block counts,
+    until the workers hold `num_blocks` distinct (worker, block) pairs (shared prefixes repeat on a worker)."""
+    batches, n = [], 0
+    held: set[tuple[str, int]] = set()
     next_id = {f"w{i}": 0 for i in range(NUM_WORKERS)}
-    while total < num_blocks:
+    while len(held) < num_blocks:
         worker = f"w{n % NUM_WORKERS}"
-        local = local_block_hashes(prompt(rng, prefixes), BLOCK_SIZE)
+        local = local_block_hashes(prompt(rng, prefixes), block_size)
         blocks = [StoredBlock(s, h) for s, h in zip(chain_hashes(local), local)]
         next_id[worker] += 1
         event = KvEvent(event_id=next_id[worker], data=KvStored(parent_hash=None, blocks=blocks))
         batches.append((event_encoder.encode(KvEventBatch(worker_id=worker, events=[event])), len(blocks)))
-        total += len(blocks)
+        held.update((worker, b.block_hash) for b in blocks)
         n += 1
     return batches
 
@@ -115,7 +117,7 @@ def decisions(router: Router, requests: list[bytes]) -> dict:
     return out
 
 
-def baseline_decisions(batches: list[tuple[bytes, int]], requests: list[bytes]) -> dict:
+def baseline_decisions(batches: list[tuple[bytes, int]], requests: list[bytes], block_size: int) -> dict:
     """Chain hashes + one set of sequence hashes per worker, linear match per worker, prefill-only scoring."""
     sets: dict[str, set[int]] = {}
     for data, _ in batches:
@@ -124,7 +126,7 @@ def baseline_decisions(batches: list[tuple[bytes, int]], requests: list[bytes]) 
     totals = []
     for token_ids in requests:
         start = time.perf_counter()
-        chained = chain_hashes(local_block_hashes(tokens_from_bytes(token_ids), BLOCK_SIZE))
+        chained = chain_hashes(local_block_hashes(tokens_from_bytes(token_ids), block_size))
         best, best_cost = None, None
         for worker, held in sets.items():
             overlap = 0
@@ -140,10 +142,10 @@ def baseline_decisions(batches: list[tuple[bytes, int]], requests: list[bytes]) 
     return {"decision_p50_us": p50, "decision_p99_us": p99}
 
 
-def run(num_blocks: int, num_decisions: int, tuned_gc: bool, seed: int = 0) -> dict:
+def run(num_blocks: int, num_decisions: int, tuned_gc: bool, block_size: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     prefixes = [rng.integers(0, 150_000, SHARED_PREFIX_TOKENS, dtype=np.int32) for _ in range(NUM_SYSTEM_PROMPTS)]
-    batches = build_events(num_blocks, rng, prefixes)
+    batches = build_events(num_blocks, rng, prefixes, block_size)
     requests = [prompt(rng, prefixes).tobytes() for _ in range(num_decisions)]
     if tuned_gc:
         gc.set_threshold(*GC_THRESHOLDS)
@@ -151,10 +153,10 @@ def run(num_blocks: int, num_decisions: int, tuned_gc: bool, seed: int = 0) -> d
         gc.set_threshold(700, 10, 10)
     router = Router(RouterConfig(), rng=random.Random(seed))
     for i in range(NUM_WORKERS):
-        router.on_heartbeat(Heartbeat(card=card(f"w{i}"), load=LoadReport(worker_id=f"w{i}")))
-    result = {"gc": "tuned" if tuned_gc else "default", **ingest(router, batches)}
+        router.on_heartbeat(Heartbeat(card=card(f"w{i}", block_size), load=LoadReport(worker_id=f"w{i}")))
+    result = {"block_size": block_size, "gc": "tuned" if tuned_gc else "default", **ingest(router, batches)}
     result.update(decisions(router, requests))
-    result.update({f"baseline_{k}": v for k, v in baseline_decisions(batches, requests).items()})
+    result.update({f"baseline_{k}": v for k, v in baseline_decisions(batches, requests, block_size).items()})
     return result
 
 
@@ -164,20 +166,22 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--blocks", type=int, help="indexed blocks (default 1,000,000)")
     parser.add_argument("--decisions", type=int, help="timed decisions (default 3,000)")
+    parser.add_argument("--block-size", type=int, action="append", help="KV block size(s) in tokens (default 16 and 64)")
     args = parser.parse_args()
     num_blocks = args.blocks or (100_000 if args.quick else 1_000_000)
     num_decisions = args.decisions or (300 if args.quick else 3000)
-    rows = [run(num_blocks, num_decisions, tuned_gc) for tuned_gc in (False, True)]
+    rows = [run(num_blocks, num_decisions, tuned_gc, block_size)
+            for block_size in (args.block_size or [16, 64]) for tuned_gc in (False, True)]
     if args.json:
         print(json.dumps(rows))
         return 0
-    print(f"{NUM_WORKERS} workers, {PROMPT_TOKENS}-token prompts (block {BLOCK_SIZE}), "
-          f"{rows[0]['indexed_blocks']:,} indexed blocks, {num_decisions} decisions")
-    print("| gc | decision p50 µs | decision p99 µs | CPU p50/p99 µs | hash p50/p99 | match p50/p99 | score p50/p99 | "
+    print(f"{NUM_WORKERS} workers, {PROMPT_TOKENS}-token prompts, {rows[0]['indexed_blocks']:,} indexed (worker, block) "
+          f"pairs, {num_decisions} decisions; CPU = this thread's CPU time (other processes excluded)")
+    print("| block | gc | decision p50 µs | decision p99 µs | CPU p50/p99 µs | hash p50/p99 | match p50/p99 | score p50/p99 | "
           "baseline p50/p99 µs | stored blocks/s | removed blocks/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['gc']} | {r['decision_p50_us']:.0f} | {r['decision_p99_us']:.0f} | "
+        print(f"| {r['block_size']} | {r['gc']} | {r['decision_p50_us']:.0f} | {r['decision_p99_us']:.0f} | "
               f"{r['decision_cpu_p50_us']:.0f}/{r['decision_cpu_p99_us']:.0f} | "
               f"{r['hash_p50_us']:.0f}/{r['hash_p99_us']:.0f} | {r['match_p50_us']:.0f}/{r['match_p99_us']:.0f} | "
               f"{r['score_p50_us']:.0f}/{r['score_p99_us']:.0f} | "

@@ -144,7 +144,9 @@ class Router:
         mode = request.mode or self.config.policy.mode
         if mode not in policy.MODES:
             raise InvalidRequest(f"router mode {mode!r} is not one of {', '.join(policy.MODES)}", param="$.nvext.router_mode")
-        states = [s for s in self.tracker.live(request.model) if not s.is_draining and s.worker_id not in request.exclude]
+        exclude = request.exclude
+        states = [s for s in self.tracker.live(request.model)
+                  if not s.is_draining and (not exclude or s.card.worker_id not in exclude)]
         if not states:
             raise WorkerUnavailable(f"no live worker serves model {request.model!r}", retry_after=self.config.retry_after_s)
         if request.worker_id is not None or mode == "direct":
@@ -194,8 +196,8 @@ class Router:
 
     def _choose(self, mode: str, states: list[WorkerState], costs: list[float], index: KvIndex | ApproxIndex) -> int:
         if mode in ("kv", "direct"):
-            return policy.pick(costs, lambda i: index.num_blocks(states[i].worker_id), self.config.policy.temperature,
-                               self.rng)
+            return policy.pick(costs, lambda tied: [index.num_blocks(states[i].card.worker_id) for i in tied],
+                               self.config.policy.temperature, self.rng)
         if mode == "round_robin":
             self._rr += 1
             ordered = sorted(range(len(states)), key=lambda i: states[i].worker_id)

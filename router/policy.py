@@ -62,15 +62,19 @@ def kv_costs(states: Sequence[WorkerState], overlaps: dict[str, int], num_tokens
     return costs
 
 
-def pick(costs: Sequence[float], tree_size: Callable[[int], int], temperature: float, rng: random.Random) -> int:
-    """Index of the chosen cost: argmin, ties to the smaller tree then random; softmax sampling when temperature > 0."""
+def pick(costs: Sequence[float], tree_sizes: Callable[[list[int]], list[int]], temperature: float,
+         rng: random.Random) -> int:
+    """Index of the chosen cost: argmin, ties to the smaller tree then random; softmax sampling when temperature > 0.
+
+    `tree_sizes(indices)` gives the cached blocks of those candidates (asked only when costs tie).
+    """
     if temperature > 0 and len(costs) > 1:
         return softmax_sample(costs, temperature, rng)
     best = min(costs)
     tied = [i for i, cost in enumerate(costs) if cost - best <= _TIE]
     if len(tied) == 1:
         return tied[0]
-    sizes = [tree_size(i) for i in tied]
+    sizes = tree_sizes(tied)
     smallest = min(sizes)
     tied = [i for i, size in zip(tied, sizes) if size == smallest]
     return tied[0] if len(tied) == 1 else rng.choice(tied)

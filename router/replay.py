@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from protocol.events import KvEvent, KvEventBatch, KvEventData, LoadReport, WorkerCard
+from protocol.events import Heartbeat, KvEvent, KvEventBatch, KvEventData, LoadReport, WorkerCard
 from protocol.kv import chain_hashes, local_block_hashes
 from protocol.routing import RouteRequest
 from router.core import Router, RouterConfig
@@ -243,9 +243,7 @@ class Replay:
             simulated_s=span_s, wall_s=wall_s, num_steps=sum(w.scheduler.num_steps for w in self.workers.values()))
 
 
-def _heartbeat(card: WorkerCard):
-    from protocol.events import Heartbeat
-
+def _heartbeat(card: WorkerCard) -> Heartbeat:
     return Heartbeat(card=card, load=LoadReport(worker_id=card.worker_id), interval_s=math.inf)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ class WorkerState:
     is_draining: bool = False  # finishing in-flight work; route nothing new
     is_busy: bool = False  # over a busy threshold at its last report (set by the router)
     predicted_prefill_tokens: int = 0  # routed, first token not yet seen
-    active_blocks: dict[int, int] = field(default_factory=dict)  # prefix key -> active requests using it
+    active_blocks: Counter[int] = field(default_factory=Counter)  # prefix key -> active requests using it
     num_routed: int = 0  # requests routed here (by any synced router), in all
     num_active: int = 0  # requests routed here and not finished
 
@@ -47,6 +48,7 @@ class WorkerTracker:
     def __init__(self, lapse_factor: float = 3.0):
         self.lapse_factor = lapse_factor  # a worker is gone after this many missed heartbeat intervals
         self.workers: dict[str, WorkerState] = {}
+        self._by_model: dict[str, list[WorkerState]] = {}  # rebuilt when a worker comes or goes
         self._requests: dict[str, _Active] = {}
 
     def heartbeat(self, card: WorkerCard, load: LoadReport, last_kv_event_id: int, interval_s: float, now: float,
@@ -55,7 +57,10 @@ class WorkerTracker:
         state = self.workers.get(card.worker_id)
         if state is None:
             self.workers[card.worker_id] = WorkerState(card, now, interval_s, load, last_kv_event_id, is_draining)
+            self._by_model.clear()
             return True
+        if card.model != state.card.model:
+            self._by_model.clear()
         state.card, state.last_seen, state.interval_s, state.load = card, now, interval_s, load
         state.last_kv_event_id, state.is_draining = last_kv_event_id, is_draining
         return False
@@ -68,6 +73,7 @@ class WorkerTracker:
 
     def remove(self, worker_id: str) -> bool:
         state = self.workers.pop(worker_id, None)
+        self._by_model.clear()
         for request_id in [r for r, a in self._requests.items() if a.worker_id == worker_id]:
             del self._requests[request_id]
         return state is not None
@@ -80,7 +86,13 @@ class WorkerTracker:
         return lapsed
 
     def live(self, model: str | None = None) -> list[WorkerState]:
-        return [s for s in self.workers.values() if model is None or s.card.model == model]
+        """Known workers (of one model); the returned list is shared, do not change it."""
+        if model is None:
+            return list(self.workers.values())
+        states = self._by_model.get(model)
+        if states is None:
+            states = self._by_model[model] = [s for s in self.workers.values() if s.card.model == model]
+        return states
 
     # --- predicted load -------------------------------------------------------------------------
 
@@ -94,9 +106,7 @@ class WorkerTracker:
         state.predicted_prefill_tokens += prefill_tokens
         state.num_routed += 1
         state.num_active += 1
-        active = state.active_blocks
-        for block in blocks:
-            active[block] = active.get(block, 0) + 1
+        state.active_blocks.update(blocks)  # counts in C
         return True
 
     def mark_prefill_done(self, request_id: str) -> bool:

@@ -104,7 +104,8 @@ def test_ties_go_to_fewer_cached_blocks_then_random():
 
 
 def test_pick_prefers_smaller_tree_among_equal_costs():
-    assert pick([3.0, 3.0, 4.0], [10, 2, 0].__getitem__, 0.0, random.Random(0)) == 1
+    sizes = [10, 2, 0]
+    assert pick([3.0, 3.0, 4.0], lambda tied: [sizes[i] for i in tied], 0.0, random.Random(0)) == 1
 
 
 def test_temperature_samples_from_softmax_over_normalised_costs():
@@ -112,7 +113,7 @@ def test_temperature_samples_from_softmax_over_normalised_costs():
     draws = Counter(softmax_sample([0.0, 10.0], 1.0, rng) for _ in range(4000))
     assert 0.70 < draws[0] / 4000 < 0.76  # p = 1 / (1 + e^-1) = 0.731
     assert Counter(softmax_sample([5.0, 5.0], 1.0, rng) for _ in range(1000))[1] > 400  # equal costs: uniform
-    assert {pick([0.0, 10.0], lambda i: 0, 0.0, rng) for _ in range(50)} == {0}  # temperature 0: argmin only
+    assert {pick([0.0, 10.0], lambda tied: [0] * len(tied), 0.0, rng) for _ in range(50)} == {0}  # temperature 0: argmin only
 
 
 def test_busy_workers_are_excluded_and_all_busy_is_overloaded():
