@@ -7,7 +7,6 @@ all with seq=0 (the runtime numbers them). The pipeline runs on one dedicated th
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -98,7 +97,7 @@ class ImageEngine:
 
     async def stop(self) -> None:
         await self.batcher.close()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)  # a running call finishes
 
     async def generate(
         self, request: ImageRequest, is_cancelled: Callable[[], bool] | None = None, deadline: float | None = None,
@@ -216,7 +215,3 @@ def _fail_all(jobs: list[Job], error: MeshError) -> None:
     for job in jobs:
         job.emit(Failed(error))
 
-
-def monotonic_deadline(deadline_s: float | None) -> float | None:
-    """A time.monotonic() deadline `deadline_s` seconds from now (None stays None)."""
-    return None if deadline_s is None else time.monotonic() + deadline_s

@@ -17,7 +17,7 @@ FAMILIES = ("sd", "flux")
 _MARKER = "diffmesh.json"  # per-model defaults (workers/image/families.py); written last = directory complete
 # Defaults that keep the tiny models fast and their step cache effective (thresholds calibrated on random weights).
 TINY_DEFAULTS = {
-    "sd": {"default_size": [64, 64], "default_steps": 10, "step_cache_threshold": 0.15},
+    "sd": {"default_size": [64, 64], "default_steps": 10, "step_cache_threshold": 0.5},
     "flux": {"default_size": [64, 64], "default_steps": 10, "step_cache_threshold": 0.5,
              "call_kwargs": {"max_sequence_length": 16}},
 }

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
 
-from protocol.errors import InvalidRequest
+from protocol.errors import DeadlineExceeded, InvalidRequest, PayloadTooLarge
 from protocol.work import Final, ImageOutput
 from tests.workers.image.kit import collect, decode, finals, image_request
+from workers.image.engine import EngineConfig, ImageEngine
+from workers.image.storage import StorageConfig
 
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
@@ -155,3 +158,22 @@ async def test_unet_step_cache_keeps_batched_bytes_equal_to_solo(sd_engine):
     for request, outputs in zip(requests, batched):
         solo = await collect(sd_engine, image_request(prompt=request.prompt, seed=request.seed, num_inference_steps=12, step_cache=True))
         assert finals(outputs)[0].data == finals(solo)[0].data
+
+
+async def test_expired_deadline_fails_without_running(sd_engine):
+    num_calls = sd_engine.stats.num_pipeline_calls
+    with pytest.raises(DeadlineExceeded):
+        await collect(sd_engine, image_request(), deadline=time.monotonic() - 1.0)
+    assert sd_engine.stats.num_pipeline_calls == num_calls
+
+
+async def test_image_over_the_message_limit_is_payload_too_large(sd_dir, media_dir):
+    engine = ImageEngine(EngineConfig(model=str(sd_dir), max_inline_bytes=1000, storage=StorageConfig(url=str(media_dir))))
+    try:
+        with pytest.raises(PayloadTooLarge) as info:
+            await collect(engine, image_request())
+        assert info.value.param == "$.response_format"
+        (image,) = finals(await collect(engine, image_request(response_format="url")))  # the way around it
+        assert image.url
+    finally:
+        await engine.stop()
