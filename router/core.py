@@ -144,6 +144,8 @@ class Router:
         mode = request.mode or self.config.policy.mode
         if mode not in policy.MODES:
             raise InvalidRequest(f"router mode {mode!r} is not one of {', '.join(policy.MODES)}", param="$.nvext.router_mode")
+        if len(request.token_ids) % 4:
+            raise InvalidRequest("token_ids must be int32 little-endian bytes", param="$.token_ids")
         exclude = request.exclude
         states = [s for s in self.tracker.live(request.model)
                   if not s.is_draining and (not exclude or s.card.worker_id not in exclude)]

@@ -180,6 +180,9 @@ class RouterService:
             answer = RouteError(code="invalid_request", message=f"bad route request: {exc}")
         except MeshError as exc:
             answer = RouteError(code=exc.code, message=exc.message, retry_after=exc.retry_after, param=exc.param)
+        except Exception as exc:  # the edge of the service: answer, never leave the client waiting for a timeout
+            log.exception("route request failed")
+            answer = RouteError(code="internal_error", message=f"router error: {type(exc).__name__}")
         else:
             if self.on_decision is not None:
                 self.on_decision(answer)

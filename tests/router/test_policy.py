@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 
 from protocol.errors import InvalidRequest, Overloaded, WorkerUnavailable
+from protocol.routing import RouteRequest
 from router.core import Router, RouterConfig
 from router.policy import PolicyConfig, kv_costs, pick, softmax_sample
 from router.tracker import WorkerState
@@ -166,6 +167,13 @@ def test_direct_mode_and_worker_hint():
     with pytest.raises(InvalidRequest) as info:
         router.route(route_request("r4", range(8), mode="fastest"))
     assert info.value.param == "$.nvext.router_mode"
+
+
+def test_token_bytes_that_are_not_int32_are_invalid():
+    router, _ = make_router(1)
+    with pytest.raises(InvalidRequest) as info:
+        router.route(RouteRequest(request_id="r", model="m", token_ids=b"abc"))
+    assert info.value.param == "$.token_ids"
 
 
 def test_per_request_mode_override():
