@@ -59,6 +59,8 @@ def _add_frontend_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="HTTP port (env DIFFMESH_PORT, default 8000)")
     parser.add_argument("--router-mode", choices=["kv", "round_robin", "random", "least_loaded"],
                         help="worker choice (env DIFFMESH_ROUTER_MODE, default kv)")
+    parser.add_argument("--router-url", choices=["nats"],
+                        help="use the standalone `diffmesh router` service instead of the embedded router (env DIFFMESH_ROUTER_URL)")
     parser.add_argument("--api-key", help="require `Authorization: Bearer KEY` (env DIFFMESH_API_KEY)")
     parser.add_argument("--media-dir", help="local image store served at /v1/files/ (env DIFFMESH_MEDIA_DIR)")
     parser.add_argument("--request-timeout", type=float, dest="request_timeout_s", help="seconds per request")
@@ -67,7 +69,7 @@ def _add_frontend_flags(parser: argparse.ArgumentParser) -> None:
 
 def frontend_config(args: argparse.Namespace) -> FrontendConfig:
     return from_env(FrontendConfig, nats=_nats_config(args), namespace=args.namespace, host=args.host, port=args.port,
-                    router_mode=args.router_mode, api_key=args.api_key, media_dir=args.media_dir,
+                    router_mode=args.router_mode, router_url=args.router_url, api_key=args.api_key, media_dir=args.media_dir,
                     request_timeout_s=args.request_timeout_s, max_body_bytes=args.max_body_bytes)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -23,12 +24,20 @@ def _run(coro) -> None:
     uvloop.run(coro)
 
 
+def _tune_gc() -> None:
+    """The embedded router's index is millions of small objects: collect the young generation less often."""
+    from router.cli import GC_THRESHOLDS
+
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def frontend(args: argparse.Namespace, config: FrontendConfig) -> int:
     from frontend.app import run_frontend
 
     if args.dry_run:
         print(config)
         return 0
+    _tune_gc()
     _run(_until_signal(lambda stop: run_frontend(config, stop=stop)))
     return 0
 
@@ -94,8 +103,11 @@ def up(args: argparse.Namespace) -> int:
                       port=args.port, router_mode=args.router_mode, api_key=args.api_key, media_dir=media_dir,
                       request_timeout_s=args.request_timeout_s, max_body_bytes=args.max_body_bytes)
     commands = _worker_commands(args, server.url)
-    children = [subprocess.Popen(command, env=_worker_env(media_dir, len(commands)), start_new_session=True)
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+    files_url = f"http://{host}:{config.port}/v1/files"
+    children = [subprocess.Popen(command, env=_worker_env(media_dir, files_url, len(commands)), start_new_session=True)
                 for command in commands]
+    _tune_gc()
     try:
         _run(_until_signal(lambda stop: _serve_up(config, server, children, stop)))
     finally:
@@ -115,15 +127,26 @@ async def _serve_up(config: FrontendConfig, server: EmbeddedNats, children, stop
     print(f"diffmesh is starting: HTTP {url}  NATS {server.url}  ({len(children)} workers)", flush=True)
     models = await _wait_models(url, len(children), stop)
     if models:
-        model = models[0]
-        print(f"ready: models {', '.join(models)}\n\n"
-              f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-              f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'\n\n"
+        print(f"ready: models {', '.join(m['id'] for m in models)}\n\n{_examples(url, models)}\n"
               f"  OpenAI base_url: {url}/v1   metrics: {url}/metrics   Ctrl-C stops everything", flush=True)
     await task
 
 
-async def _wait_models(url: str, expected: int, stop: asyncio.Event) -> list[str]:
+def _examples(url: str, models: list[dict]) -> str:
+    """A ready-to-paste curl per kind of model that came up."""
+    lines = []
+    chat = next((m["id"] for m in models if "chat" in m["kinds"]), None)
+    image = next((m["id"] for m in models if "images" in m["kinds"]), None)
+    if chat:
+        lines.append(f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+                     f"    -d '{{\"model\": \"{chat}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'\n")
+    if image:
+        lines.append(f"  curl {url}/v1/images/generations -H 'Content-Type: application/json' \\\n"
+                     f"    -d '{{\"model\": \"{image}\", \"prompt\": \"a red cat\", \"response_format\": \"url\"}}'\n")
+    return "\n".join(lines)
+
+
+async def _wait_models(url: str, expected: int, stop: asyncio.Event) -> list[dict]:
     import aiohttp
 
     deadline = time.monotonic() + UP_WAIT_S
@@ -132,14 +155,15 @@ async def _wait_models(url: str, expected: int, stop: asyncio.Event) -> list[str
             async with session.get(f"{url}/v1/models") as response:
                 data = (await response.json())["data"]
             if sum(m["workers"] for m in data) >= expected:
-                return [m["id"] for m in data]
+                return data
             await asyncio.sleep(0.2)
     return []
 
 
-def _worker_env(media_dir: str, num_workers: int) -> dict[str, str]:
-    """Workers share this machine's cores: one torch/OpenMP thread pool each, unless the user chose."""
+def _worker_env(media_dir: str, files_url: str, num_workers: int) -> dict[str, str]:
+    """Image workers write url responses where the frontend serves them; workers split this machine's cores."""
     env = {**os.environ, "DIFFMESH_MEDIA_DIR": media_dir}
+    env.setdefault("DIFFMESH_PUBLIC_BASE_URL", files_url)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(num_workers, 1))))
     return env
 

@@ -71,7 +71,7 @@ async def dispatch(state: AppState, route: RouteRequest, payload_for, model: str
         bus_id = route.request_id if attempt == 0 else f"{route.request_id}-m{attempt}"
         attempt_route = msgspec.structs.replace(route, request_id=bus_id, exclude=excluded)
         decision = await state.router.route(attempt_route)
-        _observe(state.metrics, decision)
+        state.metrics.router.observe(decision)
         subject = subjects.generate_direct(state.config.namespace, decision.component, decision.worker_id)
         stream = await state.requester.send(subject, bus_id, payload_for(bus_id), decision.worker_id,
                                             max(deadline - time.monotonic(), 0.0))
@@ -111,11 +111,3 @@ def abandon(state: AppState, dispatched: Dispatched, model: str) -> None:
         asyncio.ensure_future(state.requester.cancel(dispatched.decision.worker_id, dispatched.bus_id))
     release(state, dispatched)
 
-
-def _observe(metrics: FrontendMetrics, decision: RouteDecision) -> None:
-    """Decision latency split by phase, and decisions per mode."""
-    overhead = metrics.router.overhead
-    overhead.labels("hashing").observe(decision.hash_s)
-    overhead.labels("matching").observe(decision.match_s)
-    overhead.labels("scoring").observe(decision.score_s)
-    metrics.router.decisions.labels(decision.mode).inc()

@@ -51,23 +51,29 @@ class BlockCache:
         return missing <= len(self._free) - pinned_free + (self.num_blocks - len(self._blocks))
 
     def acquire(self, seq_hashes: Sequence[int], local_hashes: Sequence[int], parent: int | None = None) -> int:
-        """Pin the blocks (storing missing ones, evicting LRU free blocks); return how many were cached before."""
+        """Pin the blocks (storing missing ones, evicting LRU free blocks); return how many were cached before.
+
+        New blocks are announced as one KvStored per contiguous run, each under the block just before it.
+        """
         cached = self.match_prefix(seq_hashes)
-        new_blocks: list[StoredBlock] = []
-        new_parent = parent if cached == 0 else seq_hashes[cached - 1]
+        runs: list[tuple[int | None, list[StoredBlock]]] = []
         for i, (h, local) in enumerate(zip(seq_hashes, local_hashes)):
+            before = seq_hashes[i - 1] if i else parent
             block = self._blocks.get(h)
             if block is None:
                 self._make_room()
-                block = self._blocks[h] = _Block(local, seq_hashes[i - 1] if i else parent)
-                new_blocks.append(StoredBlock(h, local))
+                block = self._blocks[h] = _Block(local, before)
+                if runs and runs[-1][1][-1].block_hash == before:
+                    runs[-1][1].append(StoredBlock(h, local))
+                else:
+                    runs.append((before, [StoredBlock(h, local)]))
             elif block.refs == 0:
                 self._free.pop(h, None)
             block.refs += 1
         self.num_hits += cached
-        if new_blocks:
-            self.num_stored += len(new_blocks)
-            self._emit(KvStored(parent_hash=new_parent, blocks=new_blocks))
+        for run_parent, blocks in runs:
+            self.num_stored += len(blocks)
+            self._emit(KvStored(parent_hash=run_parent, blocks=blocks))
         return cached
 
     def release(self, seq_hashes: Sequence[int]) -> None:
