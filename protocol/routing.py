@@ -49,7 +49,14 @@ class SyncEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     blocks: list[int] = []  # router prefix keys of the request's blocks (router.keys), for "add"
 
 
+class SyncBatch(msgspec.Struct, frozen=True, kw_only=True):
+    """What a replica publishes on the sync subject: its events of the last flush interval, in order."""
+
+    router_id: str
+    events: list[SyncEvent]
+
+
 routing_encoder = msgspec.msgpack.Encoder()
 route_request_decoder = msgspec.msgpack.Decoder(RouteRequest)
 route_reply_decoder = msgspec.msgpack.Decoder(RouteDecision | RouteError)
-sync_decoder = msgspec.msgpack.Decoder(SyncEvent)
+sync_decoder = msgspec.msgpack.Decoder(SyncBatch)

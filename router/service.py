@@ -17,7 +17,7 @@ from protocol.control import DumpKv, control_encoder, dump_decoder
 from protocol.errors import MeshError, WorkerUnavailable, error_from_code
 from protocol.events import Goodbye, Heartbeat, KvEventBatch, LoadReport, event_decoder
 from protocol.routing import (
-    RouteDecision, RouteError, RouteRequest, SyncEvent, route_reply_decoder, route_request_decoder, routing_encoder,
+    RouteDecision, RouteError, RouteRequest, SyncBatch, SyncEvent, route_reply_decoder, route_request_decoder, routing_encoder,
     sync_decoder,
 )
 from router.core import Router, RouterConfig
@@ -40,7 +40,7 @@ class RouterService:
 
     def __init__(self, nc: nats.NATS, namespace: str, router: Router, expire_interval_s: float = 0.25,
                  dump_timeout_s: float = 5.0, serve: bool = False, track_kv: bool = True,
-                 on_decision: Callable[[RouteDecision], None] | None = None):
+                 on_decision: Callable[[RouteDecision], None] | None = None, sync_interval_s: float = 0.005):
         self.nc = nc
         self.ns = namespace
         self.router = router
@@ -54,6 +54,7 @@ class RouterService:
         self._tasks: set[asyncio.Task] = set()
         self._loops: list[asyncio.Task] = []
         self._outbox_ready = asyncio.Event()
+        self.sync_interval_s = sync_interval_s  # batching window of replica sync messages
 
     def on_worker_lost(self, listener: Callable[[str], None]) -> None:
         """`listener(worker_id)` runs when a worker says goodbye or its heartbeat lapses."""
@@ -105,9 +106,14 @@ class RouterService:
 
     async def _on_sync(self, msg: Msg) -> None:
         try:
-            self.router.apply_sync(sync_decoder.decode(msg.data))
+            batch = sync_decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
-            log.warning("bad router sync event: %s", exc)
+            log.warning("bad router sync batch: %s", exc)
+            return
+        if batch.router_id == self.router.router_id:
+            return  # our own batch, echoed back by NATS
+        for event in batch.events:
+            self.router.apply_sync(event)
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -146,15 +152,18 @@ class RouterService:
             self._outbox_ready.set()
 
     async def _outbox_loop(self) -> None:
+        """One sync message per interval at most: replicas see load a few ms late, at a fraction of the cost."""
         while True:
             await self._outbox_ready.wait()
+            await asyncio.sleep(self.sync_interval_s)
             self._outbox_ready.clear()
             await self._publish_outbox()
 
     async def _publish_outbox(self) -> None:
-        subject = subjects.router_sync(self.ns)
-        for event in self.router.take_outbox():
-            await self.nc.publish(subject, routing_encoder.encode(event))
+        events = self.router.take_outbox()
+        if events:
+            batch = SyncBatch(router_id=events[0].router_id, events=events)
+            await self.nc.publish(subjects.router_sync(self.ns), routing_encoder.encode(batch))
 
     # --- decisions ------------------------------------------------------------------------------
 

@@ -128,7 +128,8 @@ class MockerEngine:
                 while not queue.empty():
                     items.append(queue.get_nowait())
                 ids = [i for i in items if isinstance(i, int)]
-                pieces = [p for p in (stream.push([i]) for i in ids) if p]
+                # streams get one piece per token (one SSE event each); a whole answer is decoded in one go
+                pieces = [p for p in (stream.push([i]) for i in ids) if p] if request.stream else [stream.push(ids)]
                 if _CANCEL in items:
                     finish_reason = "cancelled"
                 elif stream.stopped:
