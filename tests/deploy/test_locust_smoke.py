@@ -12,13 +12,32 @@ import pytest
 
 from tests.deploy.composekit import DEPLOY
 
+sys.path.insert(0, str(DEPLOY / "locust"))
+from meshload_trace import default_trace_path  # noqa: E402
+
 pytestmark = pytest.mark.slow
 LOCUST = str(Path(sys.executable).parent / "locust")
 
 
+def trace_path(out: Path) -> Path:
+    """The public Mooncake trace when this checkout sits next to ../shared, else a small one in the same format."""
+    shared = default_trace_path()
+    if shared.exists():
+        return shared
+    path = out / "trace.jsonl"
+    with path.open("w") as handle:
+        for i in range(200):  # 8 conversations, each turn extending its previous turn's blocks
+            conversation, turn = i % 8, i // 8
+            blocks = [1000 * conversation + b for b in range(turn + 2)]
+            handle.write(json.dumps({"timestamp": i * 50, "input_length": 512 * len(blocks) - 100,
+                                     "output_length": 16, "hash_ids": blocks}) + "\n")
+    return path
+
+
 def run_locust(host: str, out: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     command = [LOCUST, "-f", str(DEPLOY / "locust" / "locustfile.py"), "--config", str(DEPLOY / "locust" / "smoke.conf"),
-               "--host", host, "--summary-json", str(out / "summary.json"), "--csv", str(out / "stats"), *extra]
+               "--host", host, "--summary-json", str(out / "summary.json"), "--csv", str(out / "stats"),
+               "--trace-path", str(trace_path(out)), *extra]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=out)
     summary_path = out / "summary.json"
     return result, json.loads(summary_path.read_text()) if summary_path.exists() else {}
