@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 
@@ -12,7 +11,7 @@ from aiohttp import web
 
 from diffmesh.logs import request_id_var
 from frontend.errors import envelope, error_response, from_validation
-from frontend.state import STATE, AppState, Dispatched, abandon, dispatch, new_request_id, raise_if_error, read_body, release
+from frontend.state import STATE, AppState, Dispatched, new_request_id, raise_if_error, read_body, serve_request
 from frontend.text import DONE, SSE_HEADERS
 from protocol.errors import InvalidRequest, MeshError
 from protocol.openai import (
@@ -20,7 +19,7 @@ from protocol.openai import (
     json_encoder,
 )
 from protocol.routing import RouteRequest
-from protocol.work import Final, ImageOutput, ImageRequest, work_encoder
+from protocol.work import Final, ImageOutput, ImageRequest
 
 
 async def generations(request: web.Request) -> web.StreamResponse:
@@ -77,33 +76,15 @@ def routing_tokens(work: ImageRequest) -> bytes:
 
 
 async def _serve(request: web.Request, state: AppState, req: ImageGenerationRequest, work: ImageRequest) -> web.StreamResponse:
-    model, metrics = work.model, state.metrics.model(work.model)
-    started = time.monotonic()
-    metrics.inflight.inc()
-    route = RouteRequest(request_id=work.request_id, model=model, token_ids=routing_tokens(work),
+    route = RouteRequest(request_id=work.request_id, model=work.model, token_ids=routing_tokens(work),
                          worker_id=req.nvext.worker_id if req.nvext else None)
-    dispatched: Dispatched | None = None
-    status = "200"
-    try:
-        dispatched = await dispatch(state, route, lambda bus_id: work_encoder.encode(msgspec.structs.replace(work, request_id=bus_id)), model)
-        state.router.on_first_token(dispatched.bus_id)
+
+    async def respond(dispatched: Dispatched) -> web.StreamResponse:
         if req.stream:
             return await _stream(request, dispatched, req)
-        return await _collect(state, dispatched, req, model)
-    except MeshError as exc:
-        response = error_response(exc)
-        status = str(response.status)
-        return response
-    except asyncio.CancelledError:
-        status = "499"
-        if dispatched is not None:
-            abandon(state, dispatched, model)
-        raise
-    finally:
-        release(state, dispatched)
-        metrics.inflight.dec()
-        metrics.duration.observe(time.monotonic() - started)
-        metrics.request_done("images_generations", "stream" if req.stream else "unary", status)
+        return await _collect(state, dispatched, req, work.model)
+
+    return await serve_request(state, route, work, "images_generations", req.stream, respond)
 
 
 def _image_data(out: ImageOutput) -> ImageData:

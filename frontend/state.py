@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -17,7 +18,8 @@ from frontend.registry import ModelRegistry
 from protocol import subjects
 from protocol.errors import MeshError, Overloaded, PayloadTooLarge, WorkerLost, WorkerUnavailable, error_from_code
 from protocol.routing import RouteDecision, RouteRequest
-from protocol.work import Ack, Error, Reply
+from frontend.errors import error_response
+from protocol.work import Ack, Error, Reply, work_encoder
 
 MAX_MIGRATIONS = 2  # re-sends to other workers before any output reached the client
 RETRIABLE = (WorkerUnavailable, WorkerLost, Overloaded)
@@ -111,3 +113,44 @@ def abandon(state: AppState, dispatched: Dispatched, model: str) -> None:
         asyncio.ensure_future(state.requester.cancel(dispatched.decision.worker_id, dispatched.bus_id))
     release(state, dispatched)
 
+
+
+def encode_for(work, bus_id: str) -> bytes:
+    """The work request as sent on the bus, renamed to `bus_id` after a migration."""
+    if bus_id != work.request_id:
+        work = msgspec.structs.replace(work, request_id=bus_id)
+    return work_encoder.encode(work)
+
+
+async def serve_request(state: AppState, route: RouteRequest, work, endpoint: str, is_stream: bool,
+                        respond: Callable[[Dispatched], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """One request's lifecycle: dispatch, hand the replies to `respond`, map errors, cancel on disconnect, count."""
+    model = route.model
+    metrics = state.metrics.model(model)
+    started = time.monotonic()
+    metrics.inflight.inc()
+    dispatched: Dispatched | None = None
+    status = "200"
+    try:
+        metrics.queued.inc()
+        try:
+            dispatched = await dispatch(state, route, lambda bus_id: encode_for(work, bus_id), model)
+        finally:
+            metrics.queued.dec()
+        metrics.ttft.observe(time.monotonic() - started)
+        state.router.on_first_token(dispatched.bus_id)
+        return await respond(dispatched)
+    except MeshError as exc:
+        response = error_response(exc)
+        status = str(response.status)
+        return response
+    except asyncio.CancelledError:
+        status = "499"
+        if dispatched is not None:
+            abandon(state, dispatched, model)
+        raise
+    finally:
+        release(state, dispatched)
+        metrics.inflight.dec()
+        metrics.duration.observe(time.monotonic() - started)
+        metrics.request_done(endpoint, "stream" if is_stream else "unary", status)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import msgspec
@@ -12,7 +11,7 @@ from aiohttp import web
 from diffmesh.logs import request_id_var
 from frontend.errors import envelope, error_response, from_validation
 from frontend.registry import ModelEntry
-from frontend.state import STATE, AppState, Dispatched, abandon, dispatch, new_request_id, raise_if_error, read_body, release
+from frontend.state import STATE, AppState, Dispatched, new_request_id, raise_if_error, read_body, serve_request
 from protocol.errors import InvalidRequest, MeshError
 from protocol.openai import (
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, Completion,
@@ -20,7 +19,7 @@ from protocol.openai import (
     completion_decoder, json_encoder,
 )
 from protocol.routing import RouteRequest
-from protocol.work import Chunk, DiffusionOptions, Final, GenerateRequest, SamplingOptions, Usage, work_encoder
+from protocol.work import Chunk, DiffusionOptions, Final, GenerateRequest, SamplingOptions, Usage
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = b"data: [DONE]\n\n"
@@ -114,43 +113,20 @@ def usage_info(usage: Usage) -> UsageInfo:
 
 
 async def _serve(request: web.Request, state: AppState, req, work: GenerateRequest, kind: str) -> web.StreamResponse:
-    model, endpoint = req.model, ("chat_completions" if kind == "chat" else "completions")
-    request_type = "stream" if req.stream else "unary"
-    metrics = state.metrics.model(model)
-    started = time.monotonic()
-    metrics.inflight.inc()
-    metrics.input_tokens.observe(len(work.token_ids) // 4)
+    model = req.model
+    state.metrics.model(model).input_tokens.observe(len(work.token_ids) // 4)
     route = RouteRequest(request_id=work.request_id, model=model, token_ids=work.token_ids,
                          worker_id=req.nvext.worker_id if req.nvext else None)
-    dispatched: Dispatched | None = None
-    status = "200"
-    try:
-        metrics.queued.inc()
-        try:
-            dispatched = await dispatch(state, route, lambda bus_id: _encode_work(work, bus_id), model)
-        finally:
-            metrics.queued.dec()
-        metrics.ttft.observe(time.monotonic() - started)
-        state.router.on_first_token(dispatched.bus_id)
-        fmt = _Formatter(kind, work.request_id, model)
+    fmt = _Formatter(kind, work.request_id, model)
+
+    async def respond(dispatched: Dispatched) -> web.StreamResponse:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return await _stream(request, state, dispatched, fmt, include_usage, model)
         return await _collect(state, dispatched, fmt, model)
-    except MeshError as exc:
-        response = error_response(exc)
-        status = str(response.status)
-        return response
-    except asyncio.CancelledError:
-        status = "499"
-        if dispatched is not None:
-            abandon(state, dispatched, model)
-        raise
-    finally:
-        release(state, dispatched)
-        metrics.inflight.dec()
-        metrics.duration.observe(time.monotonic() - started)
-        metrics.request_done(endpoint, request_type, status)
+
+    endpoint = "chat_completions" if kind == "chat" else "completions"
+    return await serve_request(state, route, work, endpoint, req.stream, respond)
 
 
 async def _collect(state: AppState, d: Dispatched, fmt: _Formatter, model: str) -> web.Response:
@@ -200,8 +176,3 @@ def _count_output(state: AppState, model: str, usage: Usage) -> None:
     m.output_tokens_total.inc(usage.completion_tokens)
     m.cached_tokens.inc(usage.cached_tokens)
 
-
-def _encode_work(work: GenerateRequest, bus_id: str) -> bytes:
-    if bus_id != work.request_id:
-        work = msgspec.structs.replace(work, request_id=bus_id)
-    return work_encoder.encode(work)
