@@ -8,14 +8,12 @@ import os
 import signal
 
 import aiohttp
-import pytest
 
 from diffmesh.bus import wait_for
 from frontend.bus import Requester
 from protocol import subjects
-from protocol.errors import Overloaded
 from protocol.kv import tokens_to_bytes
-from protocol.work import Chunk, Error, Final, GenerateRequest, SamplingOptions, is_terminal, work_encoder
+from protocol.work import Chunk, Final, GenerateRequest, SamplingOptions, is_terminal, work_encoder
 from tests.meshkit import nats_client
 from workers.mocker.engine import MockerConfig
 from workers.mocker.worker import MockerEngine
