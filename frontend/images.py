@@ -24,19 +24,22 @@ from protocol.work import Final, ImageOutput, ImageRequest
 
 async def generations(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
+    model = "unknown"
     try:
         body = await read_body(request, state.config.max_body_bytes)
         try:
             req = image_decoder.decode(body)
         except msgspec.DecodeError as exc:
             raise from_validation(exc) from None
-        model = _pick_model(state, req)
-        entry = await state.registry.get(model)
+        entry = await state.registry.get(_pick_model(state, req))
+        model = entry.card.name  # a label only once the model is known: client strings must not grow /metrics
         if "images" not in entry.card.kinds:
             raise InvalidRequest(f"model {model!r} does not generate images", param="$.model")
         work = build_image_request(req, model, new_request_id(request_id_var.get() or "img"))
     except MeshError as exc:
-        return error_response(exc)
+        response = error_response(exc)
+        state.metrics.model(model).request_done("images_generations", "unary", str(response.status))
+        return response
     return await _serve(request, state, req, work)
 
 

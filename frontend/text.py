@@ -43,8 +43,8 @@ async def _handle(request: web.Request, kind: str) -> web.StreamResponse:
             req = (chat_decoder if kind == "chat" else completion_decoder).decode(body)
         except msgspec.DecodeError as exc:
             raise from_validation(exc) from None
-        model = req.model
         entry = await state.registry.get(req.model)
+        model = req.model  # a label only once the model is known: client strings must not grow /metrics
         if kind not in entry.card.kinds:
             raise InvalidRequest(f"model {req.model!r} does not serve {kind}", param="$.model")
         work = _build_work(req, entry, kind, request_id_var.get())

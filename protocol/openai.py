@@ -56,7 +56,7 @@ class StreamOptions(Req, kw_only=True):
 class NvExt(Req, kw_only=True):
     """diffmesh extensions, sent as `nvext` (Dynamo's name, so Dynamo clients carry over)."""
 
-    worker_id: str | None = None  # route directly to this worker
+    worker_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None  # route directly to this worker
     steps: PositiveInt | None = None  # dLLM denoising steps
     block_length: PositiveInt | None = None  # dLLM block size in tokens
     threshold: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None  # dLLM parallel-decoding threshold
@@ -184,7 +184,7 @@ class ImageNvExt(Req, kw_only=True):
     guidance_scale: Annotated[float, Meta(ge=0.0, le=100.0)] | None = None
     seed: Seed | None = None
     step_cache: bool | None = None  # reuse block outputs across steps (First Block Cache / DeepCache)
-    worker_id: str | None = None
+    worker_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
 
 
 class ImageGenerationRequest(Req, kw_only=True):

@@ -163,8 +163,9 @@ class Router:
             raise InvalidRequest("router mode 'direct' needs a worker_id", param="$.nvext.worker_id")
         chosen = next((s for s in states if s.worker_id == request.worker_id), None)
         if chosen is None:
-            raise WorkerUnavailable(f"worker {request.worker_id!r} is not live for model {request.model!r}",
-                                    retry_after=self.config.retry_after_s)
+            live = ", ".join(sorted(s.worker_id for s in states)) or "none"
+            raise InvalidRequest(f"worker {request.worker_id!r} is not live for model {request.model!r} (live: {live})",
+                                 param="$.nvext.worker_id")
         return chosen
 
     def _decide(self, request: RouteRequest, states: list[WorkerState], mode: str) -> RouteDecision:

@@ -63,6 +63,10 @@ async def test_unknown_model_is_404_in_openai_envelope(one_mocker):
         await client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     assert info.value.body["code"] == "model_not_found" and info.value.body["param"] == "$.model"
     await client.close()
+    async with aiohttp.ClientSession() as session, session.get(f"{one_mocker.url}/metrics") as response:
+        metrics = await response.text()
+    assert 'model="nope"' not in metrics  # unknown names are counted as "unknown", not as new label values
+    assert 'model="unknown",request_type="unary",status="404"' in metrics
 
 
 @pytest.mark.parametrize(("body", "param"), [

@@ -159,8 +159,9 @@ def test_direct_mode_and_worker_hint():
     router, _ = make_router(2)
     decision = router.route(route_request("r1", range(8), worker_id="w1"))
     assert decision.worker_id == "w1" and decision.mode == "direct"
-    with pytest.raises(WorkerUnavailable):
+    with pytest.raises(InvalidRequest) as info:  # a hint naming no live worker is the client's to fix
         router.route(route_request("r2", range(8), worker_id="nope"))
+    assert info.value.param == "$.nvext.worker_id" and "w0" in info.value.message
     with pytest.raises(InvalidRequest) as info:
         router.route(route_request("r3", range(8), mode="direct"))
     assert info.value.param == "$.nvext.worker_id"
