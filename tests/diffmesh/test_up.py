@@ -23,8 +23,16 @@ START_TIMEOUT_S = 240.0
 
 
 def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+    """Direct children, read from /proc (field 4 of /proc/PID/stat is the parent pid)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def test_up_serves_mocker_dllm_and_image_then_stops_cleanly_on_ctrl_c(tmp_path):
