@@ -58,6 +58,7 @@ class FrontendConfig:
 
 
 ENV_PREFIX = "DIFFMESH_"
+MODEL_CACHE_DIR = "~/.cache/diffmesh/models"  # where workers build their tiny default models (env DIFFMESH_MODEL_CACHE)
 
 
 def _coerce(name: str, raw: str, kind: type) -> object:

@@ -14,11 +14,10 @@ from protocol.events import ModelCard
 from protocol.kv import tokens_from_bytes, tokens_to_bytes
 from protocol.work import Chunk, Final, GenerateRequest, WorkRequest
 from workers.contract import KvEventSink, RequestContext
-from diffmesh.config import from_env
+from diffmesh.config import MODEL_CACHE_DIR, from_env
 from workers.dllm.config import DllmConfig
 
 DEFAULT_MODEL_NAME = "tiny-dllm"  # served name of the tiny default model `diffmesh up` builds
-DEFAULT_CACHE_DIR = "~/.cache/diffmesh/models"
 ENV_PREFIX = "DIFFMESH_DLLM_"
 
 
@@ -144,7 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("dLLM model")
     group.add_argument("--model", help="checkpoint directory or hub id (default: the tiny random model, built on first run)")
     group.add_argument("--served-model-name", help=f"name clients use (default: the directory name, or {DEFAULT_MODEL_NAME})")
-    group.add_argument("--model-cache-dir", default=os.environ.get("DIFFMESH_MODEL_CACHE", DEFAULT_CACHE_DIR),
+    group.add_argument("--model-cache-dir", default=os.environ.get("DIFFMESH_MODEL_CACHE", MODEL_CACHE_DIR),
                        help="where the tiny default model is built (env DIFFMESH_MODEL_CACHE)")
     group.add_argument("--trust-remote-code", action="store_true", default=None, help="allow the checkpoint's own modeling code (LLaDA)")
     group.add_argument("--device", help="torch device (default: cuda if available, else cpu)")

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from diffmesh.config import from_env
+from diffmesh.config import MODEL_CACHE_DIR, from_env
 from protocol.errors import InvalidRequest
 from protocol.events import ModelCard
 from protocol.work import Final, ImageOutput, ImageRequest, WorkRequest
@@ -19,7 +19,6 @@ from workers.contract import KvEventSink, RequestContext
 from workers.image.storage import DEFAULT_STORAGE_URL, StorageConfig
 
 DEFAULT_MODEL_NAME = "tiny-sd"  # served name of the tiny default pipeline `diffmesh up` builds
-DEFAULT_CACHE_DIR = "~/.cache/diffmesh/models"
 ENV_PREFIX = "DIFFMESH_IMAGE_"
 
 
@@ -104,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("image model")
     model.add_argument("--model", help="diffusers pipeline directory or hub id (default: a tiny random pipeline, built on first run)")
     model.add_argument("--served-model-name", help=f"name clients use (default: the directory name, or {DEFAULT_MODEL_NAME})")
-    model.add_argument("--model-cache-dir", default=os.environ.get("DIFFMESH_MODEL_CACHE", DEFAULT_CACHE_DIR),
+    model.add_argument("--model-cache-dir", default=os.environ.get("DIFFMESH_MODEL_CACHE", MODEL_CACHE_DIR),
                        help="where the tiny default pipeline is built (env DIFFMESH_MODEL_CACHE)")
     model.add_argument("--tiny-family", choices=["sd", "flux"], default="sd", help="which tiny default to build without --model")
     model.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
