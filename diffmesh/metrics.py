@@ -90,6 +90,9 @@ class RouterMetrics:
                                    ["worker_id"], registry=r)
         self.worker_requests = Gauge(f"{p}_worker_active_requests", "Predicted requests in flight per worker",
                                      ["worker_id"], registry=r)
+        self.prefill_rate = Gauge(f"{p}_worker_prefill_tokens_per_second",
+                                  "Prefill rate the router learned from first-token times per worker (0 = not yet)",
+                                  ["worker_id"], registry=r)
         self.indexed_blocks = Gauge(f"{p}_indexed_blocks", "Cached blocks the router's index holds per worker",
                                     ["worker_id"], registry=r)
         self.kv_dumps = Gauge(f"{p}_kv_dumps", "Full KV dumps applied (first sight, event-id gaps)", registry=r)
@@ -110,11 +113,12 @@ class RouterMetrics:
             self.events.labels(kind, status).set(count)
         self.kv_dumps.set(router.stats.num_dumps)
         self.kv_gaps.set(router.stats.num_gaps)
-        for gauge in (self.worker_load, self.worker_blocks, self.worker_requests, self.indexed_blocks):
+        for gauge in (self.worker_load, self.worker_blocks, self.worker_requests, self.prefill_rate, self.indexed_blocks):
             gauge.clear()
         for s in router.tracker.workers.values():
             self.worker_load.labels(s.worker_id).set(s.predicted_prefill_tokens)
             self.worker_blocks.labels(s.worker_id).set(s.num_active_blocks)
             self.worker_requests.labels(s.worker_id).set(s.num_active)
+            self.prefill_rate.labels(s.worker_id).set(s.prefill.rate)
             self.indexed_blocks.labels(s.worker_id).set(router.index.num_blocks(s.worker_id)
                                                         + router.approx.num_blocks(s.worker_id))

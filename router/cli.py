@@ -29,6 +29,9 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--router-mode", dest="mode", choices=MODES, help="default worker choice (kv)")
     parser.add_argument("--overlap-weight", type=float, help="weight of prefill blocks in the kv cost")
     parser.add_argument("--temperature", type=float, help="softmax temperature over kv costs (0 = argmin)")
+    parser.add_argument("--miss-penalty", type=float, help="extra weight of a request's uncached tokens (1.0; 0 = Dynamo)")
+    parser.add_argument("--prefill-rate", type=float, help="tokens/s routed prefill drains at (learned per worker "
+                        "when unset; 0 = no drain)")
     parser.add_argument("--busy-kv-fraction", type=float, help="KV use above which a worker is busy (0.95)")
     parser.add_argument("--busy-waiting", type=int, help="waiting requests at which a worker is busy")
     parser.add_argument("--approx-ttl", type=float, dest="approx_ttl_s", help="approximate-mode TTL in seconds (120)")
@@ -43,7 +46,8 @@ def router_config(args: argparse.Namespace) -> RouterConfig:
     try:
         policy = from_env(PolicyConfig, prefix="DIFFMESH_ROUTER_", mode=args.mode, overlap_weight=args.overlap_weight,
                           temperature=args.temperature, busy_kv_fraction=args.busy_kv_fraction,
-                          busy_waiting=args.busy_waiting)
+                          busy_waiting=args.busy_waiting, miss_penalty=args.miss_penalty,
+                          prefill_rate=args.prefill_rate)
         return from_env(RouterConfig, prefix="DIFFMESH_ROUTER_", policy=policy, approx_ttl_s=args.approx_ttl_s,
                         approx_max_blocks=args.approx_max_blocks)
     except ValueError as exc:
@@ -127,6 +131,8 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-requests", type=int, help="replay only the first N requests")
     parser.add_argument("--overlap-weight", type=float, default=PolicyConfig.overlap_weight)
     parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--miss-penalty", type=float, default=PolicyConfig.miss_penalty)
+    parser.add_argument("--prefill-rate", type=float, help="tokens/s (default: learned per worker; 0 = Dynamo's count)")
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-batched-tokens", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=0)
@@ -166,7 +172,8 @@ def run_replay(args: argparse.Namespace) -> int:
         config = ReplayConfig(policy=policy, num_workers=args.workers, block_size=args.block_size, num_blocks=num_blocks,
                               max_num_seqs=args.max_num_seqs, max_batched_tokens=args.max_batched_tokens,
                               speedup=args.speedup, trace_block_tokens=args.trace_block_tokens,
-                              overlap_weight=args.overlap_weight, temperature=args.temperature, seed=args.seed)
+                              overlap_weight=args.overlap_weight, temperature=args.temperature,
+                              miss_penalty=args.miss_penalty, prefill_rate=args.prefill_rate, seed=args.seed)
         result = Replay(requests, config).run()
         row = {**result.as_json(), "infinite_hit_rate": round(infinite, 4)}
         rows.append(row)

@@ -57,7 +57,7 @@ class Router:
         self.clock = clock
         self.router_id = router_id
         self.outbox: list[SyncEvent] = []  # sync events for the other replicas; the service publishes and clears it
-        self.tracker = WorkerTracker(config.lapse_factor)
+        self.tracker = WorkerTracker(config.lapse_factor, config.policy.prefill_rate)
         self.index = KvIndex()
         self.approx = ApproxIndex(config.approx_ttl_s, config.approx_max_blocks)
         self.stats = EventStats()
@@ -183,7 +183,9 @@ class Router:
         index = self.approx if is_approx else self.index
         overlaps = index.find_matches(local)
         t2 = time.perf_counter()
-        costs = policy.kv_costs(states, overlaps, num_tokens, block_size, keys, self.config.policy.overlap_weight)
+        config = self.config.policy
+        costs = policy.kv_costs(states, overlaps, num_tokens, block_size, keys, config.overlap_weight, self.clock(),
+                                config.miss_penalty, None if is_approx else index.num_blocks)
         chosen = self._choose(mode, states, costs, index)
         worker_id = states[chosen].worker_id
         overlap = overlaps.get(worker_id, 0)
@@ -215,7 +217,7 @@ class Router:
                                          prefill_tokens=prefill_tokens, blocks=keys))
 
     def on_first_token(self, request_id: str) -> None:
-        if self.tracker.mark_prefill_done(request_id) and self.router_id:
+        if self.tracker.mark_prefill_done(request_id, self.clock()) and self.router_id:
             self.outbox.append(SyncEvent(router_id=self.router_id, request_id=request_id, kind="prefill_done"))
 
     def on_finish(self, request_id: str) -> None:
@@ -231,7 +233,7 @@ class Router:
                 self.tracker.add_request(event.request_id, event.worker_id, event.prefill_tokens, event.blocks,
                                          origin=event.router_id, now=self.clock())
             case "prefill_done":
-                self.tracker.mark_prefill_done(event.request_id)
+                self.tracker.mark_prefill_done(event.request_id, self.clock())
             case "free":
                 self.tracker.free(event.request_id)
 

@@ -18,17 +18,27 @@ _TIE = 1e-9
 class PolicyConfig:
     mode: str = "kv"
     # Weight of prefill blocks against decode blocks. Dynamo's default is 1.0; on the Mooncake conversation replay
-    # (router/replay.py) 16 keeps 91 % of the infinite-cache hit rate at the trace's rate where 1.0 keeps 80 %.
+    # (router/replay.py, sweep in the README) 16 keeps 93–96 % of the infinite-cache hit rate where 1.0 keeps 76–88 %.
     overlap_weight: float = 16.0
+    # Extra weight of the request's own uncached prompt tokens. They delay this request once (the 1 in 1 + penalty) and
+    # every request that queues behind them on that worker again, so sending a request away from its prefix costs
+    # more than its own wait. 0 = Dynamo's cost.
+    miss_penalty: float = 1.0
     temperature: float = 0.0  # 0 = argmin; > 0 samples from a softmax over normalised costs
     busy_kv_fraction: float = 0.95  # a worker using more of its KV blocks than this is busy
     busy_waiting: int | None = None  # a worker with this many waiting requests is busy (None = capacity + max_queue)
+    # Tokens/s at which routed prefill is taken to drain until its first token (router.tracker.PrefillQueue).
+    # None learns each worker's rate from first-token times; 0 keeps the tokens in full until the first token (Dynamo).
+    prefill_rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"router mode {self.mode!r} is not one of {', '.join(MODES)}")
-        if self.overlap_weight < 0 or self.temperature < 0:
-            raise ValueError(f"router overlap_weight={self.overlap_weight} and temperature={self.temperature} must be >= 0")
+        if self.prefill_rate is not None and self.prefill_rate < 0:
+            raise ValueError(f"router prefill_rate={self.prefill_rate} must be >= 0 tokens/s (or unset to learn it)")
+        if min(self.overlap_weight, self.temperature, self.miss_penalty) < 0:
+            raise ValueError(f"router overlap_weight={self.overlap_weight}, temperature={self.temperature} and "
+                             f"miss_penalty={self.miss_penalty} must be >= 0")
         if not 0 < self.busy_kv_fraction <= 1:
             raise ValueError(f"router busy_kv_fraction={self.busy_kv_fraction} must be in (0, 1]")
 
@@ -45,18 +55,33 @@ def is_busy(state: WorkerState, config: PolicyConfig) -> bool:
 
 
 def kv_costs(states: Sequence[WorkerState], overlaps: dict[str, int], num_tokens: int, block_size: int,
-             keys: Sequence[int], overlap_weight: float) -> list[float]:
+             keys: Sequence[int], overlap_weight: float, now: float | None = None, miss_penalty: float = 0.0,
+             held_blocks: Callable[[str], int] | None = None) -> list[float]:
     """cost = overlap_weight × prefill_blocks + decode_blocks per worker (lower is better).
 
-    prefill_blocks = (predicted prefill tokens + prompt tokens not cached there) / block_size;
+    prefill_blocks = (predicted prefill tokens left at `now` + (1 + miss_penalty) × prompt tokens not cached there)
+    / block_size + the cached blocks the worker must evict to hold the new ones (from `held_blocks(worker_id)` and
+    the card's kv_total_blocks, when both are known: each is a prefix some later request misses), where `now=None`
+    counts every routed token without a first token;
     decode_blocks = the worker's active blocks + the request's blocks not already active there.
     """
     costs = []
     num_blocks = len(keys)
+    miss_weight = 1.0 + miss_penalty
     for state in states:
         active = state.active_blocks
-        new_tokens = num_tokens - overlaps.get(state.card.worker_id, 0) * block_size if overlaps else num_tokens
-        prefill_blocks = (state.predicted_prefill_tokens + (new_tokens if new_tokens > 0 else 0)) / block_size
+        worker_id = state.card.worker_id
+        overlap = overlaps.get(worker_id, 0) if overlaps else 0
+        new_tokens = num_tokens - overlap * block_size
+        queued = state.predicted_prefill_tokens
+        if queued and now is not None:
+            queued = state.prefill.remaining(queued, now)
+        prefill_blocks = (queued + miss_weight * (new_tokens if new_tokens > 0 else 0)) / block_size
+        total = state.card.kv_total_blocks
+        if total and held_blocks is not None:
+            evicted = num_blocks - overlap - (total - held_blocks(worker_id))
+            if evicted > 0:
+                prefill_blocks += evicted
         decode_blocks = len(active) + num_blocks - (leading_active(active, keys) if active else 0)
         costs.append(overlap_weight * prefill_blocks + decode_blocks)
     return costs

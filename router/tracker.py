@@ -2,11 +2,58 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from protocol.events import LoadReport, WorkerCard
+
+
+_RATE_KEEP = 0.9  # weight of the previous estimate per first token: the rate follows the last ~10 prefills
+
+
+@dataclass
+class PrefillQueue:
+    """How much of a worker's routed prefill is still to run, as the router can tell without asking the worker.
+
+    Tokens routed and not yet answered by a first token drain at the worker's prefill rate: learned from first-token
+    times, treating the worker as one first-come-first-served server (a request's prefill starts when it was routed
+    or when the previous first token came back, whichever is later), or fixed by `fixed_rate` (tokens/s; 0 = never
+    drain, Dynamo's bookkeeping). Without the drain a worker halfway through a long prompt looks as loaded as one
+    that has not started it, and the cost sends requests away from the worker that holds their prefix.
+    """
+
+    fixed_rate: float | None = None
+    backlog: float = 0.0  # tokens still to prefill at `at`, by the rate
+    at: float = 0.0  # router clock seconds
+    last_done: float = -math.inf  # when the previous first token came back
+    rate: float = 0.0  # tokens/s: fixed_rate, or learned (0 while unknown: no drain)
+    rate_tokens: float = 0.0  # decayed sums of the samples behind the learned rate
+    rate_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.rate = self.fixed_rate or 0.0
+
+    def remaining(self, pending: int, now: float) -> float:
+        """Tokens still to prefill now; never more than the `pending` tokens routed without a first token."""
+        if self.rate <= 0:
+            return float(pending)
+        return min(float(pending), max(0.0, self.backlog - (now - self.at) * self.rate))
+
+    def add(self, tokens: int, pending_before: int, now: float) -> None:
+        self.backlog, self.at = self.remaining(pending_before, now) + tokens, now
+
+    def done(self, tokens: int, routed_at: float, pending_after: int, now: float) -> None:
+        """A first token came back for a request that had `tokens` to prefill and was routed at `routed_at`."""
+        if tokens > 0 and self.fixed_rate is None:
+            seconds = max(0.0, now - max(routed_at, self.last_done))
+            self.rate_tokens = self.rate_tokens * _RATE_KEEP + tokens
+            self.rate_seconds = self.rate_seconds * _RATE_KEEP + seconds
+            if self.rate_seconds > 1e-3:
+                self.rate = self.rate_tokens / self.rate_seconds
+        self.last_done = max(self.last_done, now)
+        self.backlog, self.at = self.remaining(pending_after, now), now
 
 
 @dataclass
@@ -19,6 +66,7 @@ class WorkerState:
     is_draining: bool = False  # finishing in-flight work; route nothing new
     is_busy: bool = False  # over a busy threshold at its last report (set by the router)
     predicted_prefill_tokens: int = 0  # routed, first token not yet seen
+    prefill: PrefillQueue = field(default_factory=PrefillQueue)  # how fast those tokens drain
     active_blocks: Counter[int] = field(default_factory=Counter)  # prefix key -> active requests using it
     num_routed: int = 0  # requests routed here (by any synced router), in all
     num_active: int = 0  # requests routed here and not finished
@@ -45,8 +93,9 @@ class _Active:
 class WorkerTracker:
     """Pure bookkeeping; the router feeds it heartbeats, routing decisions and replica sync events."""
 
-    def __init__(self, lapse_factor: float = 3.0):
+    def __init__(self, lapse_factor: float = 3.0, prefill_rate: float | None = None):
         self.lapse_factor = lapse_factor  # a worker is gone after this many missed heartbeat intervals
+        self.prefill_rate = prefill_rate  # tokens/s for PrefillQueue; None = learn per worker, 0 = no drain
         self.workers: dict[str, WorkerState] = {}
         self._by_model: dict[str, list[WorkerState]] = {}  # rebuilt when a worker comes or goes
         self._requests: dict[str, _Active] = {}
@@ -56,7 +105,8 @@ class WorkerTracker:
         """Record a heartbeat; True if this worker was not known before."""
         state = self.workers.get(card.worker_id)
         if state is None:
-            self.workers[card.worker_id] = WorkerState(card, now, interval_s, load, last_kv_event_id, is_draining)
+            self.workers[card.worker_id] = WorkerState(card, now, interval_s, load, last_kv_event_id, is_draining,
+                                                       prefill=PrefillQueue(self.prefill_rate))
             self._by_model.clear()
             return True
         if card.model != state.card.model:
@@ -103,13 +153,15 @@ class WorkerTracker:
         if state is None or request_id in self._requests:
             return False
         self._requests[request_id] = _Active(worker_id, prefill_tokens, blocks, origin, now)
+        state.prefill.add(prefill_tokens, state.predicted_prefill_tokens, now)
         state.predicted_prefill_tokens += prefill_tokens
         state.num_routed += 1
         state.num_active += 1
         state.active_blocks.update(blocks)  # counts in C
         return True
 
-    def mark_prefill_done(self, request_id: str) -> bool:
+    def mark_prefill_done(self, request_id: str, now: float | None = None) -> bool:
+        """The request's first token came back (at `now`; None = it ended without one, learn nothing)."""
         active = self._requests.get(request_id)
         if active is None or active.prefill_done:
             return False
@@ -117,6 +169,8 @@ class WorkerTracker:
         state = self.workers.get(active.worker_id)
         if state is not None:
             state.predicted_prefill_tokens -= active.prefill_tokens
+            if now is not None:
+                state.prefill.done(active.prefill_tokens, active.started, state.predicted_prefill_tokens, now)
         return True
 
     def free(self, request_id: str) -> bool:

@@ -11,9 +11,10 @@ from protocol.events import (
 
 
 def card(worker_id: str, model: str = "m", block_size: int = 4, events: bool = True, capacity: int = 8,
-         max_queue: int = 8) -> WorkerCard:
+         max_queue: int = 8, kv_total_blocks: int = 1000) -> WorkerCard:
     return WorkerCard(worker_id=worker_id, namespace="t", component="mocker", model=model, capacity=capacity,
-                      max_queue=max_queue, block_size=block_size, kv_total_blocks=1000, publishes_kv_events=events)
+                      max_queue=max_queue, block_size=block_size, kv_total_blocks=kv_total_blocks,
+                      publishes_kv_events=events)
 
 
 def heartbeat(worker_card: WorkerCard, last_kv_event_id: int = 0, interval_s: float = 1.0, draining: bool = False,

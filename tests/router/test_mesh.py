@@ -65,6 +65,8 @@ async def test_request_sharing_a_long_prefix_goes_to_the_worker_that_served_the_
             second = await complete(session, url, prefix(seed) + [4, 5, 6, 7, 8])
             assert second == first, f"prefix {seed}: second request went to {second}, first to {first}"
         assert await metric(session, url, "dynamo_router_kv_hit_rate") > 0.4  # 8 of 8 blocks on every second request
+        # first tokens came back after simulated prefill time: the router has learned the rate of the worker it used
+        assert await metric(session, url, "dynamo_router_worker_prefill_tokens_per_second", worker_id=first) > 0
         assert await metric(session, url, "dynamo_component_kv_cache_events_applied", event_type="stored",
                             status="ok") >= 4
 

@@ -44,6 +44,20 @@ def test_cost_is_weighted_prefill_blocks_plus_decode_blocks():
     # a: (8 + 16 - 12) / 4 = 3 prefill + 2 active + 4 new = 9;  b: 16 / 4 = 4 + 3 + 2 = 9;  c: 12 / 4 = 3 + 0 + 4 = 7
     assert costs == [9.0, 9.0, 7.0]
     assert kv_costs(states, {"a": 3, "c": 1}, 16, BS, keys, overlap_weight=2.0) == [12.0, 13.0, 10.0]
+    # miss_penalty 1 counts the uncached tokens twice: a (8 + 2·4) / 4 = 4 + 6, b 32 / 4 = 8 + 5, c 24 / 4 = 6 + 4
+    assert kv_costs(states, {"a": 3, "c": 1}, 16, BS, keys, overlap_weight=1.0, miss_penalty=1.0) == [10.0, 13.0, 10.0]
+
+
+def test_miss_penalty_keeps_a_request_with_its_prefix_when_the_owner_is_moderately_loaded():
+    chosen = {}
+    for penalty in (0.0, 1.0):
+        router, workers = make_router(2, overlap_weight=16.0, miss_penalty=penalty)
+        cache(router, workers["w0"], range(32))  # w0 holds the 8-block prefix
+        router.route(route_request("busy", [5000] * 40, worker_id="w0"))  # 40 tokens of other prefill queued on w0
+        # prefill tokens: w0 40 queued + 4 new, w1 36 new. Counted once, w1 is cheaper (44 > 36); counted twice the
+        # miss makes w1 the dearer (40 + 8 < 72)
+        chosen[penalty] = router.route(route_request("r", list(range(32)) + [7] * 4)).worker_id
+    assert chosen == {0.0: "w1", 1.0: "w0"}
 
 
 def test_higher_overlap_weight_holds_on_to_the_cache_longer():
@@ -82,7 +96,7 @@ def test_predicted_load_added_on_route_prefill_removed_at_first_token_freed_at_e
 
 
 def test_burst_of_identical_prefixes_spreads_through_the_load_term():
-    router, workers = make_router(2, overlap_weight=1.0)
+    router, workers = make_router(2, overlap_weight=1.0, miss_penalty=0.0)  # Dynamo's cost
     prefix = list(range(32))  # 8 cached blocks on w0; every request adds 3 blocks of its own
     cache(router, workers["w0"], prefix)
     chosen = [router.route(route_request(f"r{i}", prefix + [1000 + i] * 12)).worker_id for i in range(6)]

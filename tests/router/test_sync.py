@@ -20,7 +20,7 @@ def replicas(num: int, clock: Clock, router_ids=None) -> list[Router]:
     routers = []
     for i in range(num):
         router_id = f"r{i}" if router_ids is None else router_ids[i]
-        router = Router(RouterConfig(policy=PolicyConfig(overlap_weight=1.0), sync_max_age_s=60.0), rng=random.Random(i), clock=clock, router_id=router_id)
+        router = Router(RouterConfig(policy=PolicyConfig(overlap_weight=1.0, miss_penalty=0.0), sync_max_age_s=60.0), rng=random.Random(i), clock=clock, router_id=router_id)
         for worker_id in ("w0", "w1"):
             router.on_heartbeat(heartbeat(card(worker_id, block_size=4, capacity=64, max_queue=64)))
         routers.append(router)
