@@ -119,6 +119,6 @@ class RouterMetrics:
             self.worker_load.labels(s.worker_id).set(s.predicted_prefill_tokens)
             self.worker_blocks.labels(s.worker_id).set(s.num_active_blocks)
             self.worker_requests.labels(s.worker_id).set(s.num_active)
-            self.prefill_rate.labels(s.worker_id).set(s.prefill.rate)
+            self.prefill_rate.labels(s.worker_id).set(s.prefill.tokens_per_s)
             self.indexed_blocks.labels(s.worker_id).set(router.index.num_blocks(s.worker_id)
                                                         + router.approx.num_blocks(s.worker_id))

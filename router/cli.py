@@ -29,9 +29,9 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--router-mode", dest="mode", choices=MODES, help="default worker choice (kv)")
     parser.add_argument("--overlap-weight", type=float, help="weight of prefill blocks in the kv cost")
     parser.add_argument("--temperature", type=float, help="softmax temperature over kv costs (0 = argmin)")
-    parser.add_argument("--miss-penalty", type=float, help="extra weight of a request's uncached tokens (1.0; 0 = Dynamo)")
-    parser.add_argument("--prefill-rate", type=float, help="tokens/s routed prefill drains at (learned per worker "
-                        "when unset; 0 = no drain)")
+    parser.add_argument("--miss-penalty", type=float, help="extra weight of a request's uncached tokens (1.5; 0 = Dynamo)")
+    parser.add_argument("--prefill-rate", type=float, help="tokens/s routed prefill drains at (default: each worker's "
+                        "prefill-time curve, learned from first tokens; 0 = no drain, as Dynamo)")
     parser.add_argument("--busy-kv-fraction", type=float, help="KV use above which a worker is busy (0.95)")
     parser.add_argument("--busy-waiting", type=int, help="waiting requests at which a worker is busy")
     parser.add_argument("--approx-ttl", type=float, dest="approx_ttl_s", help="approximate-mode TTL in seconds (120)")
@@ -132,7 +132,7 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap-weight", type=float, default=PolicyConfig.overlap_weight)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--miss-penalty", type=float, default=PolicyConfig.miss_penalty)
-    parser.add_argument("--prefill-rate", type=float, help="tokens/s (default: learned per worker; 0 = Dynamo's count)")
+    parser.add_argument("--prefill-rate", type=float, help="tokens/s (default: learned curve per worker; 0 = Dynamo's count)")
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-batched-tokens", type=int, default=8192)
     parser.add_argument("--seed", type=int, default=0)

@@ -18,17 +18,18 @@ _TIE = 1e-9
 class PolicyConfig:
     mode: str = "kv"
     # Weight of prefill blocks against decode blocks. Dynamo's default is 1.0; on the Mooncake conversation replay
-    # (router/replay.py, sweep in the README) 16 keeps 93–96 % of the infinite-cache hit rate where 1.0 keeps 76–88 %.
+    # (router/replay.py, sweep in the README) 16 keeps 91–95 % of the infinite-cache hit rate where 1.0 keeps 77–88 %.
     overlap_weight: float = 16.0
     # Extra weight of the request's own uncached prompt tokens. They delay this request once (the 1 in 1 + penalty) and
-    # every request that queues behind them on that worker again, so sending a request away from its prefix costs
-    # more than its own wait. 0 = Dynamo's cost.
-    miss_penalty: float = 1.0
+    # again the requests that queue behind them on that worker, so sending a request away from its prefix costs more
+    # than its own wait. 0 = Dynamo's cost. On the Mooncake replay (README) 1.5 keeps >= 90 % of the infinite-cache
+    # hit rate at 4x the trace's rate; 3 piles light traffic sharing a system prompt onto few workers.
+    miss_penalty: float = 1.5
     temperature: float = 0.0  # 0 = argmin; > 0 samples from a softmax over normalised costs
     busy_kv_fraction: float = 0.95  # a worker using more of its KV blocks than this is busy
     busy_waiting: int | None = None  # a worker with this many waiting requests is busy (None = capacity + max_queue)
-    # Tokens/s at which routed prefill is taken to drain until its first token (router.tracker.PrefillQueue).
-    # None learns each worker's rate from first-token times; 0 keeps the tokens in full until the first token (Dynamo).
+    # How routed prefill drains until its first token (router.prefill): None learns each worker's prefill-time curve
+    # from first-token times; > 0 is a fixed tokens/s; 0 keeps the tokens in full until the first token (Dynamo).
     prefill_rate: float | None = None
 
     def __post_init__(self) -> None:
@@ -59,24 +60,28 @@ def kv_costs(states: Sequence[WorkerState], overlaps: dict[str, int], num_tokens
              held_blocks: Callable[[str], int] | None = None) -> list[float]:
     """cost = overlap_weight × prefill_blocks + decode_blocks per worker (lower is better).
 
-    prefill_blocks = (predicted prefill tokens left at `now` + (1 + miss_penalty) × prompt tokens not cached there)
-    / block_size + the cached blocks the worker must evict to hold the new ones (from `held_blocks(worker_id)` and
-    the card's kv_total_blocks, when both are known: each is a prefix some later request misses), where `now=None`
-    counts every routed token without a first token;
+    prefill_blocks = (queued prefill + (1 + miss_penalty) × the prompt's prefill there) / block_size + the cached
+    blocks the worker must evict to hold the new ones (from `held_blocks(worker_id)` and the card's kv_total_blocks:
+    each is a prefix some later request misses). Prefill counts tokens (Dynamo) or, with `now` and a worker whose
+    prefill curve is known (router.prefill), that worker's seconds still queued at `now` and for the prompt's uncached
+    tokens, as tokens at the fleet's mean rate.
     decode_blocks = the worker's active blocks + the request's blocks not already active there.
     """
     costs = []
     num_blocks = len(keys)
     miss_weight = 1.0 + miss_penalty
+    rate = reference_rate(states) if now is not None else 0.0
     for state in states:
         active = state.active_blocks
         worker_id = state.card.worker_id
         overlap = overlaps.get(worker_id, 0) if overlaps else 0
-        new_tokens = num_tokens - overlap * block_size
-        queued = state.predicted_prefill_tokens
-        if queued and now is not None:
-            queued = state.prefill.remaining(queued, now)
-        prefill_blocks = (queued + miss_weight * (new_tokens if new_tokens > 0 else 0)) / block_size
+        new_tokens = max(num_tokens - overlap * block_size, 0)
+        queue = state.prefill
+        if rate and queue.is_known:
+            prefill_tokens = rate * (queue.remaining(now) + miss_weight * queue.seconds(new_tokens))
+        else:
+            prefill_tokens = state.predicted_prefill_tokens + miss_weight * new_tokens
+        prefill_blocks = prefill_tokens / block_size
         total = state.card.kv_total_blocks
         if total and held_blocks is not None:
             evicted = num_blocks - overlap - (total - held_blocks(worker_id))
@@ -85,6 +90,12 @@ def kv_costs(states: Sequence[WorkerState], overlaps: dict[str, int], num_tokens
         decode_blocks = len(active) + num_blocks - (leading_active(active, keys) if active else 0)
         costs.append(overlap_weight * prefill_blocks + decode_blocks)
     return costs
+
+
+def reference_rate(states: Sequence[WorkerState]) -> float:
+    """Tokens/s that turns predicted seconds back into tokens: the mean rate of the workers whose curve is known."""
+    rates = [s.prefill.tokens_per_s for s in states if s.prefill.tokens_per_s > 0 and s.prefill.is_known]
+    return sum(rates) / len(rates) if rates else 0.0
 
 
 def pick(costs: Sequence[float], tree_sizes: Callable[[list[int]], list[int]], temperature: float,

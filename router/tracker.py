@@ -2,58 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from protocol.events import LoadReport, WorkerCard
-
-
-_RATE_KEEP = 0.9  # weight of the previous estimate per first token: the rate follows the last ~10 prefills
-
-
-@dataclass
-class PrefillQueue:
-    """How much of a worker's routed prefill is still to run, as the router can tell without asking the worker.
-
-    Tokens routed and not yet answered by a first token drain at the worker's prefill rate: learned from first-token
-    times, treating the worker as one first-come-first-served server (a request's prefill starts when it was routed
-    or when the previous first token came back, whichever is later), or fixed by `fixed_rate` (tokens/s; 0 = never
-    drain, Dynamo's bookkeeping). Without the drain a worker halfway through a long prompt looks as loaded as one
-    that has not started it, and the cost sends requests away from the worker that holds their prefix.
-    """
-
-    fixed_rate: float | None = None
-    backlog: float = 0.0  # tokens still to prefill at `at`, by the rate
-    at: float = 0.0  # router clock seconds
-    last_done: float = -math.inf  # when the previous first token came back
-    rate: float = 0.0  # tokens/s: fixed_rate, or learned (0 while unknown: no drain)
-    rate_tokens: float = 0.0  # decayed sums of the samples behind the learned rate
-    rate_seconds: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.rate = self.fixed_rate or 0.0
-
-    def remaining(self, pending: int, now: float) -> float:
-        """Tokens still to prefill now; never more than the `pending` tokens routed without a first token."""
-        if self.rate <= 0:
-            return float(pending)
-        return min(float(pending), max(0.0, self.backlog - (now - self.at) * self.rate))
-
-    def add(self, tokens: int, pending_before: int, now: float) -> None:
-        self.backlog, self.at = self.remaining(pending_before, now) + tokens, now
-
-    def done(self, tokens: int, routed_at: float, pending_after: int, now: float) -> None:
-        """A first token came back for a request that had `tokens` to prefill and was routed at `routed_at`."""
-        if tokens > 0 and self.fixed_rate is None:
-            seconds = max(0.0, now - max(routed_at, self.last_done))
-            self.rate_tokens = self.rate_tokens * _RATE_KEEP + tokens
-            self.rate_seconds = self.rate_seconds * _RATE_KEEP + seconds
-            if self.rate_seconds > 1e-3:
-                self.rate = self.rate_tokens / self.rate_seconds
-        self.last_done = max(self.last_done, now)
-        self.backlog, self.at = self.remaining(pending_after, now), now
+from router.prefill import PrefillQueue
 
 
 @dataclass
@@ -66,7 +20,7 @@ class WorkerState:
     is_draining: bool = False  # finishing in-flight work; route nothing new
     is_busy: bool = False  # over a busy threshold at its last report (set by the router)
     predicted_prefill_tokens: int = 0  # routed, first token not yet seen
-    prefill: PrefillQueue = field(default_factory=PrefillQueue)  # how fast those tokens drain
+    prefill: PrefillQueue = field(default_factory=PrefillQueue)  # those tokens in seconds of this worker's time
     active_blocks: Counter[int] = field(default_factory=Counter)  # prefix key -> active requests using it
     num_routed: int = 0  # requests routed here (by any synced router), in all
     num_active: int = 0  # requests routed here and not finished
@@ -87,6 +41,7 @@ class _Active:
     blocks: Sequence[int]  # prefix keys (router.keys)
     origin: str  # router id that routed it ("" = this router)
     started: float  # router clock seconds
+    prefill_s: float = 0.0  # predicted seconds of prefill (router.prefill), given back at the first token
     prefill_done: bool = False
 
 
@@ -152,8 +107,8 @@ class WorkerTracker:
         state = self.workers.get(worker_id)
         if state is None or request_id in self._requests:
             return False
-        self._requests[request_id] = _Active(worker_id, prefill_tokens, blocks, origin, now)
-        state.prefill.add(prefill_tokens, state.predicted_prefill_tokens, now)
+        seconds = state.prefill.add(prefill_tokens, now)
+        self._requests[request_id] = _Active(worker_id, prefill_tokens, blocks, origin, now, seconds)
         state.predicted_prefill_tokens += prefill_tokens
         state.num_routed += 1
         state.num_active += 1
@@ -169,8 +124,7 @@ class WorkerTracker:
         state = self.workers.get(active.worker_id)
         if state is not None:
             state.predicted_prefill_tokens -= active.prefill_tokens
-            if now is not None:
-                state.prefill.done(active.prefill_tokens, active.started, state.predicted_prefill_tokens, now)
+            state.prefill.done(active.prefill_tokens, active.prefill_s, active.started, now)
         return True
 
     def free(self, request_id: str) -> bool:

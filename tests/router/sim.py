@@ -10,6 +10,16 @@ from protocol.events import (
 )
 
 
+class Clock:
+    """A router clock the test moves by hand (seconds)."""
+
+    def __init__(self, now: float = 0.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def card(worker_id: str, model: str = "m", block_size: int = 4, events: bool = True, capacity: int = 8,
          max_queue: int = 8, kv_total_blocks: int = 1000) -> WorkerCard:
     return WorkerCard(worker_id=worker_id, namespace="t", component="mocker", model=model, capacity=capacity,

@@ -12,7 +12,7 @@ from protocol.routing import RouteRequest
 from router.core import Router, RouterConfig
 from router.policy import PolicyConfig, kv_costs, pick, softmax_sample
 from router.tracker import WorkerState
-from tests.router.sim import SimWorker, card, heartbeat, route_request, stored_chain
+from tests.router.sim import Clock, SimWorker, card, heartbeat, route_request, stored_chain
 
 BS = 4  # block size of the simulated workers
 
@@ -202,3 +202,46 @@ def test_policy_config_rejects_bad_values():
     for bad in ({"mode": "nope"}, {"overlap_weight": -1}, {"temperature": -0.1}, {"busy_kv_fraction": 0}):
         with pytest.raises(ValueError):
             PolicyConfig(**bad)
+
+
+def test_worker_halfway_through_a_long_prefill_keeps_the_request_that_shares_its_prefix():
+    """w0 holds the prefix and is mid-way through a long prompt. Counting that prompt in full until its first token
+    sends the follow-up to the idle w1; draining it at the worker's prefill rate keeps the follow-up with its cache."""
+    chosen = {}
+    for rate in (0.0, 400.0):  # tokens/s; 0 = Dynamo's bookkeeping
+        clock = Clock()
+        router = Router(RouterConfig(policy=PolicyConfig(overlap_weight=16.0, miss_penalty=0.0, prefill_rate=rate)),
+                        rng=random.Random(0), clock=clock)
+        for worker_id in ("w0", "w1"):
+            router.on_heartbeat(heartbeat(card(worker_id, block_size=4, capacity=64, max_queue=64)))
+        assert not router.on_kv_events(stored_chain(SimWorker("w0"), range(400), 4))  # 100 blocks of prefix
+        router.route(route_request("long", [7000] * 800, worker_id="w0"))  # 2 s of prefill at 400 tokens/s
+        clock.now = 1.9  # 0.1 s to go
+        # prefill tokens: w1 408; w0 800 + 8 counted in full, 40 + 8 drained
+        chosen[rate] = router.route(route_request("follow-up", list(range(400)) + [5] * 8)).worker_id
+    assert chosen == {0.0: "w1", 400.0: "w0"}
+
+
+def test_router_learns_each_workers_prefill_curve_from_first_token_times():
+    clock = Clock()
+    router, _ = make_router(2)
+    router.clock = clock
+    for n, tokens in enumerate((400, 1200, 800, 2000, 1600)):  # w0 prefills 1,000 tokens/s, one request at a time
+        router.route(route_request(f"r{n}", [9000 + n] * tokens, worker_id="w0"))
+        clock.now += tokens / 1000
+        router.on_first_token(f"r{n}")
+        router.on_finish(f"r{n}")
+    w0, w1 = router.tracker.workers["w0"].prefill, router.tracker.workers["w1"].prefill
+    assert w0.is_known and w0.seconds(3000) == pytest.approx(3.0, rel=0.05) and not w1.is_known
+
+
+def test_blocks_a_full_cache_must_evict_count_against_that_worker():
+    router = Router(RouterConfig(policy=PolicyConfig(overlap_weight=1.0)), rng=random.Random(0), clock=lambda: 0.0)
+    for worker_id, total in (("w0", 12), ("w1", 1000)):
+        router.on_heartbeat(heartbeat(card(worker_id, block_size=4, capacity=64, max_queue=64, kv_total_blocks=total)))
+    assert not router.on_kv_events(stored_chain(SimWorker("w0"), range(40), 4))  # w0: 10 of its 12 blocks hold a prefix
+    assert not router.on_kv_events(stored_chain(SimWorker("w1"), range(1000, 1040), 4))
+    # same prefill and decode cost on both (no overlap), but 6 new blocks on w0 push 4 cached ones out
+    decision = router.route(route_request("r", range(5000, 5024)))
+    assert decision.worker_id == "w1"
+    assert decision.cost < router.route(route_request("r2", range(6000, 6024), worker_id="w0")).cost

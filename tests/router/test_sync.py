@@ -6,14 +6,7 @@ import random
 
 from router.core import Router, RouterConfig
 from router.policy import PolicyConfig
-from tests.router.sim import SimWorker, card, heartbeat, route_request, stored_chain
-
-
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.router.sim import Clock, SimWorker, card, heartbeat, route_request, stored_chain
 
 
 def replicas(num: int, clock: Clock, router_ids=None) -> list[Router]:
