@@ -14,8 +14,6 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 _KEEP = 0.95  # weight of older samples per new one: the fit follows the last ~20 prefill steps
 _SCALE = 1e-4  # tokens -> fit units (keeps n² near 1 for the normal equations)
 _SAME_STEP_S = 1e-3  # first tokens this close together came from one engine step
@@ -27,16 +25,19 @@ _SUBSETS = [s for r in (3, 2, 1) for s in itertools.combinations(range(3), r)]
 class PrefillModel:
     """Seconds to prefill n tokens on one worker: a non-negative quadratic fitted by decayed least squares."""
 
-    gram: np.ndarray = field(default_factory=lambda: np.zeros((3, 3)))  # Σ w·x·xᵀ, x = (1, n, n²) in fit units
-    moment: np.ndarray = field(default_factory=lambda: np.zeros(3))  # Σ w·x·seconds
+    gram: list[list[float]] = field(default_factory=lambda: [[0.0] * 3 for _ in range(3)])  # Σ w·x·xᵀ, x = (1, n, n²)
+    moment: list[float] = field(default_factory=lambda: [0.0] * 3)  # Σ w·x·seconds (n in fit units)
     weight: float = 0.0  # Σ w
     coef: tuple[float, float, float] | None = None  # None until enough samples
 
     def observe(self, tokens: int, seconds: float) -> None:
         n = tokens * _SCALE
-        x = np.array([1.0, n, n * n])
-        self.gram = self.gram * _KEEP + np.outer(x, x)
-        self.moment = self.moment * _KEEP + x * seconds
+        x = (1.0, n, n * n)
+        for i in range(3):
+            row = self.gram[i]
+            for j in range(3):
+                row[j] = row[j] * _KEEP + x[i] * x[j]
+            self.moment[i] = self.moment[i] * _KEEP + x[i] * seconds
         self.weight = self.weight * _KEEP + 1.0
         if self.weight >= _MIN_SAMPLES:
             self.coef = self._fit()
@@ -44,20 +45,20 @@ class PrefillModel:
     def _fit(self) -> tuple[float, float, float] | None:
         """Least squares with every coefficient >= 0: the best of the fits over subsets of the three terms."""
         best, best_loss = None, math.inf
-        for subset in _SUBSETS:
-            idx = list(subset)
-            try:
-                c = np.linalg.solve(self.gram[np.ix_(idx, idx)], self.moment[idx])
-            except np.linalg.LinAlgError:
+        for subset in _SUBSETS:  # the full fit comes first and, when it is non-negative, is the best
+            a = [[self.gram[i][j] for j in subset] for i in subset]
+            b = [self.moment[i] for i in subset]
+            c = _solve(a, b)
+            if c is None or min(c) < 0:
                 continue
-            if (c < 0).any():
-                continue
-            loss = float(c @ self.gram[np.ix_(idx, idx)] @ c - 2 * c @ self.moment[idx])  # + Σ w·y², constant
+            loss = sum(c[i] * (sum(a[i][j] * c[j] for j in range(len(c))) - 2 * b[i]) for i in range(len(c)))
             if loss < best_loss:
                 full = [0.0, 0.0, 0.0]
-                for i, value in zip(idx, c):
-                    full[i] = float(value)
-                best, best_loss = tuple(full), loss
+                for i, value in zip(subset, c):
+                    full[i] = value
+                best, best_loss = (full[0], full[1], full[2]), loss
+            if len(subset) == 3:
+                break
         return best
 
     def seconds(self, tokens: int) -> float:
@@ -66,6 +67,27 @@ class PrefillModel:
         n = tokens * _SCALE
         c0, c1, c2 = self.coef
         return c0 + c1 * n + c2 * n * n
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
+    """x with a·x = b for up to 3 unknowns, by Cramer's rule; None if (nearly) singular."""
+    size = len(b)
+    if size == 1:
+        return [b[0] / a[0][0]] if abs(a[0][0]) > 1e-12 else None
+    if size == 2:
+        det = a[0][0] * a[1][1] - a[0][1] * a[1][0]
+        if abs(det) < 1e-12:
+            return None
+        return [(b[0] * a[1][1] - a[0][1] * b[1]) / det, (a[0][0] * b[1] - b[0] * a[1][0]) / det]
+    det = _det3(a)
+    if abs(det) < 1e-12:
+        return None
+    return [_det3([[b[r] if c == k else a[r][c] for c in range(3)] for r in range(3)]) / det for k in range(3)]
+
+
+def _det3(m: list[list[float]]) -> float:
+    return (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
 
 
 @dataclass
