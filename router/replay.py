@@ -110,6 +110,7 @@ class _Worker:
     scheduler: MockerScheduler
     last_event_id: int = 0
     busy: bool = False  # a step is in flight
+    step_end_ms: float = 0.0  # when the step in flight ends
     result: object = None
     num_requests: int = 0
 
@@ -191,9 +192,8 @@ class Replay:
     def _arrive(self, index: int, request: TraceRequest) -> None:
         tokens = trace_tokens(request, self.config.trace_block_tokens)
         request_id = f"q{index}"
-        decision = self.router.route(RouteRequest(request_id=request_id, model="replay", token_ids=tokens.tobytes()))
         local = local_block_hashes(tokens, self.config.block_size)
-        worker = self.workers[decision.worker_id]
+        worker = self.workers[self.choose(request_id, tokens, local)]
         worker.num_requests += 1
         worker.scheduler.add(MockSequence(request_id, len(tokens), chain_hashes(local), local, request.output_length,
                                           token_seed=index))
@@ -201,14 +201,18 @@ class Replay:
         if not worker.busy:
             self._start_step(worker)
 
+    def choose(self, request_id: str, tokens: np.ndarray, local: list[int]) -> str:
+        """The worker for a new request: the real router (bench/bench_replay_oracle.py overrides this)."""
+        return self.router.route(RouteRequest(request_id=request_id, model="replay", token_ids=tokens.tobytes())).worker_id
+
     def _start_step(self, worker: _Worker) -> None:
         result = worker.scheduler.decode_run(self._next_arrival_ms - self.now_ms) or worker.scheduler.step()
         worker.busy = result is not None
         if result is None:
             return
-        worker.result = result
+        worker.result, worker.step_end_ms = result, self.now_ms + result.duration_ms
         self._counter += 1
-        heapq.heappush(self._steps, (self.now_ms + result.duration_ms, self._counter, worker.worker_id))
+        heapq.heappush(self._steps, (worker.step_end_ms, self._counter, worker.worker_id))
 
     def _end_step(self, worker: _Worker) -> None:
         result, totals = worker.result, self._totals
