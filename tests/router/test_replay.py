@@ -153,3 +153,20 @@ def test_load_trace_sorts_by_arrival_and_limits(tmp_path):
     loaded = load_trace(path)
     assert [r.arrival_ms for r in loaded] == sorted(r.arrival_ms for r in requests)
     assert len(load_trace(path, max_requests=2)) == 2
+
+
+def test_oracle_of_the_bench_reads_the_simulated_workers_and_serves_every_request():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "bench_replay_oracle.py"
+    spec = importlib.util.spec_from_file_location("bench_replay_oracle", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    requests = conversations()
+    distinct, infinite = trace_stats(requests, 64)
+    config = ReplayConfig(policy="kv", num_workers=4, num_blocks=distinct // 2)
+    oracle = bench.OracleReplay(requests, config).run()
+    rr = Replay(requests, ReplayConfig(policy="round_robin", num_workers=4, num_blocks=distinct // 2)).run()
+    assert oracle.num_requests == len(requests)
+    assert oracle.hit_rate >= 0.9 * infinite > rr.hit_rate and oracle.ttft_p50_ms < rr.ttft_p50_ms
