@@ -135,6 +135,8 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill-rate", type=float, help="tokens/s (default: learned curve per worker; 0 = Dynamo's count)")
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-batched-tokens", type=int, default=8192)
+    parser.add_argument("--chunked-prefill", action=argparse.BooleanOptionalAction, default=False,
+                        help="simulated workers split long prompts over steps of --max-batched-tokens (vLLM; off)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="one JSON object per policy instead of the table")
 
@@ -171,6 +173,7 @@ def run_replay(args: argparse.Namespace) -> int:
     for policy in policies:
         config = ReplayConfig(policy=policy, num_workers=args.workers, block_size=args.block_size, num_blocks=num_blocks,
                               max_num_seqs=args.max_num_seqs, max_batched_tokens=args.max_batched_tokens,
+                              chunked_prefill=args.chunked_prefill,
                               speedup=args.speedup, trace_block_tokens=args.trace_block_tokens,
                               overlap_weight=args.overlap_weight, temperature=args.temperature,
                               miss_penalty=args.miss_penalty, prefill_rate=args.prefill_rate, seed=args.seed)

@@ -71,6 +71,7 @@ class ReplayConfig:
     num_blocks: int = 16384  # KV capacity of each worker, in blocks
     max_num_seqs: int = 256
     max_batched_tokens: int = 8192
+    chunked_prefill: bool = MockerConfig.chunked_prefill
     speedup: float = 1.0  # arrival times are divided by this (4 = four times the trace's request rate)
     trace_block_tokens: int = 512
     overlap_weight: float = PolicyConfig.overlap_weight
@@ -146,7 +147,7 @@ class Replay:
                               busy_kv_fraction=1.0)  # simulated workers queue instead of refusing
         self.router = Router(RouterConfig(policy=policy), rng=random.Random(config.seed), clock=lambda: self.now_ms / 1e3)
         engine = MockerConfig(block_size=config.block_size, num_blocks=config.num_blocks, max_num_seqs=config.max_num_seqs,
-                              max_batched_tokens=config.max_batched_tokens)
+                              max_batched_tokens=config.max_batched_tokens, chunked_prefill=config.chunked_prefill)
         self.workers = {}
         for n in range(config.num_workers):
             worker_id = f"sim{n}"

@@ -170,3 +170,14 @@ def test_oracle_of_the_bench_reads_the_simulated_workers_and_serves_every_reques
     rr = Replay(requests, ReplayConfig(policy="round_robin", num_workers=4, num_blocks=distinct // 2)).run()
     assert oracle.num_requests == len(requests)
     assert oracle.hit_rate >= 0.9 * infinite > rr.hit_rate and oracle.ttft_p50_ms < rr.ttft_p50_ms
+
+
+def test_replay_with_chunked_prefill_serves_every_request_and_kv_still_wins():
+    requests = conversations()
+    distinct, infinite = trace_stats(requests, 64)
+    results = {policy: Replay(requests, ReplayConfig(policy=policy, num_workers=4, num_blocks=distinct // 2,
+                                                     chunked_prefill=True, max_batched_tokens=1024)).run()
+               for policy in ("kv", "round_robin")}
+    kv, rr = results["kv"], results["round_robin"]
+    assert kv.num_requests == rr.num_requests == len(requests)
+    assert kv.hit_rate >= 0.9 * infinite > rr.hit_rate and kv.ttft_p50_ms < rr.ttft_p50_ms

@@ -24,7 +24,8 @@ class MockerConfig:
     block_size: int = 64  # tokens per KV block
     num_blocks: int = 16384  # KV capacity in blocks
     max_num_seqs: int = 256  # sequences decoding at once
-    max_batched_tokens: int = 8192  # new prompt tokens admitted per step
+    max_batched_tokens: int = 8192  # tokens per step (prompt chunks + one per decoding sequence when chunked)
+    chunked_prefill: bool = False  # split long prompts over steps of max_batched_tokens, decodes first (vLLM)
     speedup_ratio: float = 1.0  # simulated time is divided by this; inf = no simulated time
     context_length: int = 32768
 
@@ -61,6 +62,7 @@ class MockSequence:
     prompt_tokens: np.ndarray | None = None  # kept to cache the blocks it generates; None in replay
     generated: list[int] = field(default_factory=list)
     cached_tokens: int = 0
+    num_computed: int = 0  # prompt tokens in the KV cache so far (cached + prefilled); chunked prefill only
     prefilled: bool = False
 
 
@@ -111,15 +113,19 @@ class MockerScheduler:
         return min(1.0, active / (self.config.num_blocks * self.config.block_size))
 
     def active_prefill_tokens(self) -> int:
-        return sum(s.prompt_len for s in self.waiting)
+        partial = sum(s.prompt_len - s.num_computed for s in self.running.values() if not s.prefilled)
+        return partial + sum(s.prompt_len for s in self.waiting)
 
     def step(self) -> StepResult | None:
         """Advance one engine iteration; None when there is nothing to do."""
         if self.is_idle:
             return None
         decoding = [s for s in self.running.values() if s.prefilled]
-        admitted, new_tokens = self._admit()
-        duration = prefill_ms(new_tokens) if admitted else 0.0
+        if self.config.chunked_prefill:
+            admitted, new_tokens = self._chunk(self.config.max_batched_tokens - len(decoding))
+        else:
+            admitted, new_tokens = self._admit()
+        duration = prefill_ms(new_tokens)
         if decoding:
             duration += decode_ms(self.kv_usage())
         tokens = [(s.request_id, self._next_token(s)) for s in decoding + admitted]
@@ -168,6 +174,33 @@ class MockerScheduler:
             self.running[seq.request_id] = seq
             admitted.append(seq)
         return admitted, new_tokens
+
+    def _chunk(self, budget: int) -> tuple[list[MockSequence], int]:
+        """Chunked prefill within `budget` tokens: prompts already started continue first, then waiting ones start.
+
+        Returns the sequences whose prefill completes in this step and the prompt tokens the step computes."""
+        completed: list[MockSequence] = []
+        used = 0
+        for seq in [s for s in self.running.values() if not s.prefilled]:
+            used += self._advance(seq, budget - used, completed)
+        while self.waiting and len(self.running) < self.config.max_num_seqs and used < budget:
+            seq = self.waiting[0]
+            if not self.cache.can_fit(seq.seq_hashes):
+                break
+            self.waiting.popleft()
+            seq.cached_tokens = seq.num_computed = self.cache.acquire(seq.seq_hashes, seq.local_hashes) * self.config.block_size
+            self.running[seq.request_id] = seq
+            used += self._advance(seq, budget - used, completed)
+        return completed, used
+
+    @staticmethod
+    def _advance(seq: MockSequence, room: int, completed: list[MockSequence]) -> int:
+        """Prefill up to `room` more tokens of `seq`; returns how many."""
+        chunk = min(seq.prompt_len - seq.num_computed, max(room, 0))
+        seq.num_computed += chunk
+        if seq.num_computed >= seq.prompt_len:
+            completed.append(seq)
+        return chunk
 
     def _next_token(self, seq: MockSequence) -> int:
         index = xxhash.xxh3_64_intdigest(_pack2(seq.token_seed, len(seq.generated))) % len(self.alphabet)

@@ -155,6 +155,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-blocks", type=int, default=MockerConfig.num_blocks)
     parser.add_argument("--max-num-seqs", type=int, default=MockerConfig.max_num_seqs)
     parser.add_argument("--max-batched-tokens", type=int, default=MockerConfig.max_batched_tokens)
+    parser.add_argument("--chunked-prefill", action=argparse.BooleanOptionalAction, default=MockerConfig.chunked_prefill,
+                        help="split long prompts over steps of --max-batched-tokens, decodes first (vLLM)")
     parser.add_argument("--speedup-ratio", type=float, default=MockerConfig.speedup_ratio,
                         help="divides simulated time; 'inf' = no simulated time")
     parser.add_argument("--context-length", type=int, default=MockerConfig.context_length)
@@ -165,5 +167,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_engine(args: argparse.Namespace) -> MockerEngine:
     config = MockerConfig(block_size=args.block_size, num_blocks=args.num_blocks, max_num_seqs=args.max_num_seqs,
                           max_batched_tokens=args.max_batched_tokens, speedup_ratio=args.speedup_ratio,
-                          context_length=args.context_length)
+                          context_length=args.context_length, chunked_prefill=args.chunked_prefill)
     return MockerEngine(args.model_name, config, args.default_max_tokens, args.max_queue)
