@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from protocol.kv import chain_hashes  # noqa: E402
 from router.cli import format_table  # noqa: E402
-from router.replay import Replay, ReplayConfig, load_trace, trace_stats  # noqa: E402
+from router.replay import Replay, ReplayConfig, blocks_per_worker, load_trace, trace_stats  # noqa: E402
 from workers.mocker.engine import decode_ms, prefill_ms  # noqa: E402
 
 TRACE = Path(__file__).resolve().parents[2] / "shared/data/traces/mooncake_conversation_trace.jsonl"
@@ -55,16 +55,17 @@ def main() -> int:
     parser.add_argument("--extra", type=float, default=1.0, help="oracle weight of the prefill time a request adds")
     args = parser.parse_args()
     requests = load_trace(args.trace, args.max_requests)
-    distinct, infinite = trace_stats(requests, 64)
-    num_blocks = int(distinct * 0.2)
-    rows = []
-    for policy, cls in (("kv", Replay), ("round_robin", Replay), ("oracle", OracleReplay)):
-        replay = cls(requests, ReplayConfig(policy="kv" if policy == "oracle" else policy, num_blocks=num_blocks,
-                                            speedup=args.speedup))
-        replay.extra = args.extra
-        result = replay.run().as_json()
-        rows.append({**result, "policy": policy, "infinite_hit_rate": infinite})
-    print(f"{args.trace}: {len(requests)} requests, 8 workers x {num_blocks} blocks, arrivals x{args.speedup:g}")
+    block_size = ReplayConfig.block_size
+    distinct, infinite = trace_stats(requests, block_size)
+    num_blocks = blocks_per_worker(requests, distinct, block_size, cache_fraction=0.2)  # as `diffmesh replay`
+    oracle = OracleReplay(requests, ReplayConfig(num_blocks=num_blocks, speedup=args.speedup))
+    oracle.extra = args.extra
+    replays = {policy: Replay(requests, ReplayConfig(policy=policy, num_blocks=num_blocks, speedup=args.speedup))
+               for policy in ("kv", "round_robin")}
+    rows = [{**replay.run().as_json(), "policy": policy, "infinite_hit_rate": infinite}
+            for policy, replay in (*replays.items(), ("oracle", oracle))]
+    print(f"{args.trace}: {len(requests)} requests, {ReplayConfig.num_workers} workers x {num_blocks} blocks, "
+          f"arrivals x{args.speedup:g}")
     print(format_table(rows))
     return 0
 

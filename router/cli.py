@@ -151,7 +151,7 @@ def _policies(args: argparse.Namespace) -> list[str]:
 
 def run_replay(args: argparse.Namespace) -> int:
     """Replay the trace once per policy and print the comparison."""
-    from router.replay import Replay, ReplayConfig, load_trace, trace_stats
+    from router.replay import Replay, ReplayConfig, blocks_per_worker, load_trace, trace_stats
 
     policies = _policies(args)
     if args.workers < 1 or args.speedup <= 0 or not 0 < args.cache_fraction:
@@ -163,8 +163,7 @@ def run_replay(args: argparse.Namespace) -> int:
         raise ConfigError(f"trace {args.trace}: {exc}") from None
     gc.set_threshold(*GC_THRESHOLDS)
     distinct, infinite = trace_stats(requests, args.block_size, args.trace_block_tokens)
-    longest = max((-(-r.input_length // args.block_size) for r in requests), default=1)
-    num_blocks = max(args.num_blocks or int(distinct * args.cache_fraction), longest)  # the longest prompt must fit
+    num_blocks = args.num_blocks or blocks_per_worker(requests, distinct, args.block_size, args.cache_fraction)
     if not args.json:
         print(f"{args.trace}: {len(requests)} requests, {distinct} distinct {args.block_size}-token blocks; "
               f"{args.workers} workers x {num_blocks} blocks; arrivals x{args.speedup:g}; "

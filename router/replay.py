@@ -265,6 +265,13 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else 0.0
 
 
+def blocks_per_worker(requests: Sequence[TraceRequest], distinct_blocks: int, block_size: int,
+                      cache_fraction: float) -> int:
+    """Each simulated worker's KV capacity: a fraction of the trace's distinct blocks, but the longest prompt fits."""
+    longest = max((-(-r.input_length // block_size) for r in requests), default=1)
+    return max(int(distinct_blocks * cache_fraction), longest)
+
+
 def trace_stats(requests: Iterable[TraceRequest], block_size: int, trace_block_tokens: int = 512) -> tuple[int, float]:
     """(distinct engine blocks, hit rate of one infinite cache that sees every request in arrival order)."""
     seen: set[int] = set()
