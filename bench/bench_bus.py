@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from diffmesh.bus import EmbeddedNats, free_port  # noqa: E402
+from shell.bus import EmbeddedNats, free_port  # noqa: E402
 
 JSON_TOKENS, SSE_TOKENS = 16, 50
 

@@ -26,7 +26,7 @@ from protocol.events import (  # noqa: E402
 )
 from protocol.kv import chain_hashes, local_block_hashes, tokens_from_bytes  # noqa: E402
 from protocol.routing import RouteRequest  # noqa: E402
-from router.cli import GC_THRESHOLDS  # noqa: E402
+from shell.process import GC_THRESHOLDS  # noqa: E402
 from router.core import Router, RouterConfig  # noqa: E402
 
 PROMPT_TOKENS = 4096

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
+import importlib.util
 import os
 import signal
 import subprocess
@@ -12,47 +12,57 @@ import sys
 import tempfile
 import time
 
-from diffmesh.bus import EmbeddedNats, find_nats_server, server_config_text
-from diffmesh.config import FrontendConfig, NatsConfig, from_env
+import workers.dllm
+import workers.image
+import workers.mocker
+from router.service import ServiceConfig
+from shell.bus import EmbeddedNats, find_nats_server, server_config_text
+from shell.config import ConfigError, FrontendConfig, NatsConfig, RuntimeConfig
+from shell.flags import frontend_config
+from shell.process import run, run_until_signal, tune_gc
 
 UP_WAIT_S = 300.0  # first run builds the tiny models
+WORKER_KINDS = {"mocker": workers.mocker, "dllm": workers.dllm, "image": workers.image}  # each: add_arguments, serve, REQUIRES
 
 
-def _run(coro) -> None:
-    import uvloop
-
-    uvloop.run(coro)
-
-
-def _tune_gc() -> None:
-    """The embedded router's index is millions of small objects: collect the young generation less often."""
-    from router.cli import GC_THRESHOLDS
-
-    gc.set_threshold(*GC_THRESHOLDS)
+def available_kinds() -> dict[str, object]:
+    """Worker kinds whose required packages are installed here (a slim frontend image has only the mocker)."""
+    return {kind: module for kind, module in WORKER_KINDS.items()
+            if all(importlib.util.find_spec(name) is not None for name in module.REQUIRES)}
 
 
 def frontend(args: argparse.Namespace, config: FrontendConfig) -> int:
-    from frontend.app import run_frontend
+    """`diffmesh frontend`: serve HTTP until SIGINT/SIGTERM."""
+    import frontend as component
 
     if args.dry_run:
         print(config)
         return 0
-    _tune_gc()
-    _run(_until_signal(lambda stop: run_frontend(config, stop=stop)))
+    tune_gc()
+    run_until_signal(lambda stop: component.serve(config, stop=stop))
     return 0
 
 
-def worker(args: argparse.Namespace, nats: NatsConfig, module) -> int:
-    from workers.runtime import RuntimeConfig, serve
-
-    config = from_env(RuntimeConfig, nats=nats, namespace=args.namespace, worker_id=args.worker_id,
-                      heartbeat_s=args.heartbeat, drain_timeout_s=args.drain_timeout)
+def worker(args: argparse.Namespace, config: RuntimeConfig, kind) -> int:
+    """`diffmesh worker <kind>`: build the engine and serve it until SIGTERM (drain) or SIGINT."""
     if args.dry_run:
         print(config)
         print(vars(args))
         return 0
-    engine = module.build_engine(args)
-    _run(serve(engine, config))
+    run(kind.serve(config, args))
+    return 0
+
+
+def router(args: argparse.Namespace, config: ServiceConfig) -> int:
+    """`diffmesh router`: the standalone router until SIGINT/SIGTERM."""
+    import router as component
+
+    if args.dry_run:
+        print(config.router)
+        print(f"namespace={config.namespace} nats={config.nats.servers}")
+        return 0
+    tune_gc()
+    run_until_signal(lambda stop: component.serve(config, stop))
     return 0
 
 
@@ -68,17 +78,7 @@ def nats_server(args: argparse.Namespace) -> int:
     os.execv(find_nats_server(), [find_nats_server(), "-c", conf])
 
 
-async def _until_signal(start) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await start(stop)
-
-
 def _worker_commands(args: argparse.Namespace, nats_url: str) -> list[list[str]]:
-    from diffmesh.cli import available_kinds
-
     base = [sys.executable, "-m", "diffmesh.cli", "--log-level", args.log_level, "--log-format", args.log_format, "worker"]
     common = ["--nats-url", nats_url, "--namespace", args.namespace or "dm"]
     kinds = available_kinds()
@@ -97,19 +97,20 @@ def up(args: argparse.Namespace) -> int:
         for command in _worker_commands(args, "nats://127.0.0.1:4222"):
             print(" ".join(command))
         return 0
+    if args.router_url:
+        raise ConfigError("--router-url: `up` embeds the router in its frontend; start `diffmesh router` and "
+                          "`diffmesh frontend --router-url nats` separately for a standalone one")
     server = EmbeddedNats(port=args.nats_port).start()
     media_dir = args.media_dir or tempfile.mkdtemp(prefix="diffmesh-media-")
-    config = from_env(FrontendConfig, nats=NatsConfig(url=server.url), namespace=args.namespace, host=args.host,
-                      port=args.port, router_mode=args.router_mode, api_key=args.api_key, media_dir=media_dir,
-                      request_timeout_s=args.request_timeout_s, max_body_bytes=args.max_body_bytes)
+    config = frontend_config(args, nats=NatsConfig(url=server.url), media_dir=media_dir)
     commands = _worker_commands(args, server.url)
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     files_url = f"http://{host}:{config.port}/v1/files"
     children = [subprocess.Popen(command, env=_worker_env(media_dir, files_url, len(commands)), start_new_session=True)
                 for command in commands]
-    _tune_gc()
+    tune_gc()
     try:
-        _run(_until_signal(lambda stop: _serve_up(config, server, children, stop)))
+        run_until_signal(lambda stop: _serve_up(config, server, children, stop))
     finally:
         _stop_children(children)
         server.stop()
@@ -117,10 +118,10 @@ def up(args: argparse.Namespace) -> int:
 
 
 async def _serve_up(config: FrontendConfig, server: EmbeddedNats, children, stop: asyncio.Event) -> None:
-    from frontend.app import run_frontend
+    import frontend as component
 
     ready = asyncio.Event()
-    task = asyncio.create_task(run_frontend(config, ready=ready, stop=stop))
+    task = asyncio.create_task(component.serve(config, ready=ready, stop=stop))
     await ready.wait()
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     url = f"http://{host}:{config.port}"

@@ -9,10 +9,6 @@ import nats
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from diffmesh.bus import connect
-from diffmesh.config import FrontendConfig
-from diffmesh.logs import request_id_from_headers, request_id_var
-from diffmesh.metrics import FrontendMetrics
 from frontend import images, text
 from frontend.bus import Requester
 from frontend.errors import error_response
@@ -22,6 +18,10 @@ from frontend.state import STATE, AppState, new_request_id
 from protocol.errors import MeshError, NotFound, Unauthorized
 from protocol.openai import ModelInfo, ModelList, json_encoder
 from router.service import build_router_service
+from shell.bus import connect
+from shell.config import FrontendConfig
+from shell.logs import request_id_from_headers, request_id_var
+from shell.metrics import FrontendMetrics
 
 log = logging.getLogger("diffmesh.frontend")
 NC: web.AppKey[nats.NATS] = web.AppKey("diffmesh_nc", nats.NATS)

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import nats
 
-from diffmesh.registry import fetch_card, fetch_file
 from frontend.preprocess import Preprocessor, build_template_env
 from protocol.errors import ModelNotFound
 from protocol.events import ModelCard, WorkerCard
+from shell.registry import fetch_card, fetch_file
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import msgspec
 from aiohttp import web
 
-from diffmesh.config import FrontendConfig
-from diffmesh.metrics import FrontendMetrics
+from shell.config import FrontendConfig
+from shell.metrics import FrontendMetrics
 from frontend.bus import ReplyStream, Requester
 from frontend.registry import ModelRegistry
 from protocol import subjects

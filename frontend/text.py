@@ -8,7 +8,7 @@ import msgspec
 import numpy as np
 from aiohttp import web
 
-from diffmesh.logs import request_id_var
+from shell.logs import request_id_var
 from frontend.errors import envelope, error_response, from_validation
 from frontend.registry import ModelEntry
 from frontend.state import STATE, AppState, Dispatched, new_request_id, raise_if_error, read_body, serve_request

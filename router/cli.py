@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import json
-import logging
 import os
 
-from diffmesh.config import ConfigError, from_env
 from router.core import RouterConfig
 from router.policy import MODES, PolicyConfig
+from router.service import ServiceConfig
+from shell.config import ConfigError, from_env
+from shell.flags import add_nats_flags, nats_config
+from shell.process import tune_gc
 
-log = logging.getLogger("diffmesh.router")
 REPLAY_POLICIES = ("kv", "round_robin", "random", "least_loaded")
-GC_THRESHOLDS = (100_000, 50, 1000)  # the index is millions of small containers: collect young objects less often
 
 
 # --- diffmesh router ------------------------------------------------------------------------------
@@ -23,9 +21,7 @@ GC_THRESHOLDS = (100_000, 50, 1000)  # the index is millions of small containers
 
 def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `diffmesh router`; each also reads DIFFMESH_ROUTER_<NAME> (e.g. DIFFMESH_ROUTER_TEMPERATURE)."""
-    from diffmesh.cli import _add_nats_flags
-
-    _add_nats_flags(parser)
+    add_nats_flags(parser)
     parser.add_argument("--router-mode", dest="mode", choices=MODES, help="default worker choice (kv)")
     parser.add_argument("--overlap-weight", type=float, help="weight of prefill blocks in the kv cost")
     parser.add_argument("--temperature", type=float, help="softmax temperature over kv costs (0 = argmin)")
@@ -41,6 +37,12 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the configuration and exit")
 
 
+def service_config(args: argparse.Namespace) -> ServiceConfig:
+    """ServiceConfig of `diffmesh router` from its flags and DIFFMESH_* variables."""
+    return ServiceConfig(nats=nats_config(args), namespace=args.namespace or os.environ.get("DIFFMESH_NAMESPACE", "dm"),
+                         router=router_config(args), metrics_host=args.metrics_host, metrics_port=args.metrics_port)
+
+
 def router_config(args: argparse.Namespace) -> RouterConfig:
     """RouterConfig from DIFFMESH_ROUTER_* variables, then flags; bad values raise ConfigError naming them."""
     try:
@@ -52,66 +54,6 @@ def router_config(args: argparse.Namespace) -> RouterConfig:
                         approx_max_blocks=args.approx_max_blocks)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-
-
-def run_router(args: argparse.Namespace) -> int:
-    """Serve routing decisions on `{ns}.router.route` until SIGINT/SIGTERM."""
-    from diffmesh.cli import _nats_config
-    from diffmesh.launch import _run, _until_signal
-
-    config = router_config(args)
-    nats = _nats_config(args)
-    namespace = args.namespace or os.environ.get("DIFFMESH_NAMESPACE", "dm")
-    if args.dry_run:
-        print(config)
-        print(f"namespace={namespace} nats={nats.servers}")
-        return 0
-    gc.set_threshold(*GC_THRESHOLDS)
-    metrics = (args.metrics_host, args.metrics_port) if args.metrics_port else None
-    _run(_until_signal(lambda stop: serve_router(nats, namespace, config, stop, metrics=metrics)))
-    return 0
-
-
-async def serve_router(nats, namespace: str, config: RouterConfig, stop: asyncio.Event,
-                       ready: asyncio.Future | None = None, metrics: tuple[str, int] | None = None) -> None:
-    """Connect, serve until `stop`, drain. `ready` gets the RouterService once it answers; `metrics` = (host, port)."""
-    from diffmesh.bus import connect
-    from router.core import Router
-    from router.service import RouterService, new_router_id
-
-    nc = await connect(nats, name="diffmesh-router")
-    router = Router(config, router_id=new_router_id())
-    server, gauges = _start_metrics(*metrics) if metrics else (None, None)
-    service = RouterService(nc, namespace, router, serve=True, on_decision=gauges.observe if gauges else None)
-    await service.start()
-    refresher = asyncio.create_task(_refresh_metrics(gauges, router)) if gauges else None
-    log.info("router %s serving %s in namespace %s", router.router_id, config.policy.mode, namespace)
-    if ready is not None:
-        ready.set_result(service)
-    try:
-        await stop.wait()
-    finally:
-        if refresher is not None:
-            refresher.cancel()
-            server.shutdown()
-        await service.stop()
-        await nc.drain()
-
-
-def _start_metrics(host: str, port: int):
-    from prometheus_client import CollectorRegistry, start_http_server
-
-    from diffmesh.metrics import RouterMetrics
-
-    registry = CollectorRegistry()
-    server, _ = start_http_server(port, host, registry=registry)
-    return server, RouterMetrics(registry)
-
-
-async def _refresh_metrics(gauges, router, interval_s: float = 1.0) -> None:
-    while True:
-        gauges.refresh(router)
-        await asyncio.sleep(interval_s)
 
 
 # --- diffmesh replay ------------------------------------------------------------------------------
@@ -151,7 +93,13 @@ def _policies(args: argparse.Namespace) -> list[str]:
 
 def run_replay(args: argparse.Namespace) -> int:
     """Replay the trace once per policy and print the comparison."""
-    from router.replay import Replay, ReplayConfig, blocks_per_worker, load_trace, trace_stats
+    from router.replay import (
+        Replay,
+        ReplayConfig,
+        blocks_per_worker,
+        load_trace,
+        trace_stats,
+    )
 
     policies = _policies(args)
     if args.workers < 1 or args.speedup <= 0 or not 0 < args.cache_fraction:
@@ -161,7 +109,7 @@ def run_replay(args: argparse.Namespace) -> int:
         requests = load_trace(args.trace, args.max_requests)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"trace {args.trace}: {exc}") from None
-    gc.set_threshold(*GC_THRESHOLDS)
+    tune_gc()
     distinct, infinite = trace_stats(requests, args.block_size, args.trace_block_tokens)
     num_blocks = args.num_blocks or blocks_per_worker(requests, distinct, args.block_size, args.cache_fraction)
     if not args.json:

@@ -6,12 +6,12 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import msgspec
 import nats
 from nats.aio.msg import Msg
 
-from diffmesh.config import ConfigError, from_env
 from protocol import subjects
 from protocol.control import DumpKv, control_encoder, dump_decoder
 from protocol.errors import MeshError, WorkerUnavailable, error_from_code
@@ -22,6 +22,8 @@ from protocol.routing import (
 )
 from router.core import Router, RouterConfig
 from router.policy import PolicyConfig
+from shell.bus import connect
+from shell.config import ConfigError, NatsConfig, from_env
 
 log = logging.getLogger("diffmesh.router")
 MAX_DUMP_TRIES = 3  # dumps in a row for one worker when newer events still show a gap
@@ -249,3 +251,51 @@ def build_router_service(nc: nats.NATS, namespace: str, mode: str, router_url: s
     if router_url == "nats":
         return RemoteRouter(nc, namespace, Router(config))
     raise ConfigError(f"router_url={router_url!r}: use 'nats' for the standalone router service, or leave it unset")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """The standalone router process (`diffmesh router`): bus, namespace, routing settings, optional metrics."""
+
+    nats: NatsConfig = field(default_factory=NatsConfig)
+    namespace: str = "dm"
+    router: RouterConfig = field(default_factory=RouterConfig)
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int | None = None  # None = no metrics server
+
+
+async def serve(config: ServiceConfig, stop: asyncio.Event, ready: asyncio.Future | None = None) -> None:
+    """Connect, answer RouteRequests until `stop`, drain. `ready` gets the RouterService once it answers."""
+    nc = await connect(config.nats, name="diffmesh-router")
+    router = Router(config.router, router_id=new_router_id())
+    server, gauges = _start_metrics(config.metrics_host, config.metrics_port) if config.metrics_port else (None, None)
+    service = RouterService(nc, config.namespace, router, serve=True, on_decision=gauges.observe if gauges else None)
+    await service.start()
+    refresher = asyncio.create_task(_refresh_metrics(gauges, router)) if gauges else None
+    log.info("router %s serving %s in namespace %s", router.router_id, config.router.policy.mode, config.namespace)
+    if ready is not None:
+        ready.set_result(service)
+    try:
+        await stop.wait()
+    finally:
+        if refresher is not None:
+            refresher.cancel()
+            server.shutdown()
+        await service.stop()
+        await nc.drain()
+
+
+def _start_metrics(host: str, port: int):
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from shell.metrics import RouterMetrics
+
+    registry = CollectorRegistry()
+    server, _ = start_http_server(port, host, registry=registry)
+    return server, RouterMetrics(registry)
+
+
+async def _refresh_metrics(gauges, router, interval_s: float = 1.0) -> None:
+    while True:
+        gauges.refresh(router)
+        await asyncio.sleep(interval_s)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import pytest_asyncio
 
-from diffmesh.bus import EmbeddedNats
+from shell.bus import EmbeddedNats
 from tests.meshkit import Mesh
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from diffmesh.bus import connect, free_port, wait_for
-from diffmesh.config import FrontendConfig, NatsConfig
+from shell.bus import connect, free_port, wait_for
+from shell.config import FrontendConfig, NatsConfig
 from frontend.app import run_frontend
 from workers.mocker.engine import MockerConfig
 from workers.mocker.worker import MockerEngine

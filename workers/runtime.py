@@ -12,37 +12,25 @@ import signal
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field
 
 import msgspec
 import nats
 from nats.aio.msg import Msg
 
-from diffmesh.bus import connect
-from diffmesh.config import NatsConfig
-from diffmesh.logs import request_id_var
 from protocol import subjects
 from protocol.control import Cancel, ClearCache, ControlAck, DumpKv, KvDump, control_decoder, control_encoder
 from protocol.errors import EngineError, MeshError, Overloaded
-from diffmesh.registry import publish_model
 from protocol.events import Goodbye, Heartbeat, KvEvent, KvEventBatch, LoadReport, WorkerCard, event_encoder
 from protocol.work import Ack, Error, Final, WorkRequest, work_decoder, work_encoder
+from shell.bus import connect
+from shell.config import RuntimeConfig
+from shell.logs import request_id_var
+from shell.registry import publish_model
 from workers.contract import KvEventSink, RequestContext, WorkerEngine
 
 __all__ = ["KvEventSink", "RequestContext", "RuntimeConfig", "WorkerEngine", "WorkerRuntime", "serve"]
 
 log = logging.getLogger("diffmesh.worker")
-
-
-@dataclass(frozen=True)
-class RuntimeConfig:
-    nats: NatsConfig = field(default_factory=NatsConfig)
-    namespace: str = "dm"
-    worker_id: str | None = None  # None = "<component>-<random hex>"
-    heartbeat_s: float = 1.0
-    load_interval_s: float = 0.25  # load reports at most this often, when load changed
-    drain_timeout_s: float = 30.0
-    js_replicas: int = 1  # replica count of the registry buckets (3 on a 3-node NATS cluster)
 
 
 class WorkerRuntime:

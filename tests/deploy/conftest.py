@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from diffmesh.bus import free_port
+from shell.bus import free_port
 from tests.deploy.composekit import import_deploy_module
 
 NUM_MOCKERS = 2

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffmesh import cli
-from diffmesh.bus import find_nats_server
+from diffmesh import cli, launch
+from shell.bus import find_nats_server
 from tests.deploy.composekit import DEPLOY, MissingVariable, Service, load, read_env_file, services
 
 MULTIHOST_ENV = read_env_file(DEPLOY / "multihost.env.example")
@@ -40,7 +40,7 @@ def _flag(args: list[str], flag: str) -> str:
 def _skip_missing_worker_kind(service: Service) -> None:
     if "worker" in service.command:
         kind = _flag(service.command, "worker")
-        if kind not in cli.available_kinds():
+        if kind not in launch.available_kinds():
             pytest.skip(f"`diffmesh worker {kind}` is not in this build yet")
 
 
@@ -102,7 +102,7 @@ def test_monitoring_profile_scrapes_the_frontends_and_provisions_the_dashboard()
 def test_mocker_profile_needs_no_gpu_and_encode_is_not_offered_yet():
     mocker = _service("docker-compose.yml", "mocker")
     assert mocker.spec["profiles"] == ["mocker"] and not mocker.gpu_devices()
-    assert "encode" not in cli.WORKER_KINDS and not any(s.name == "encode" for s in ALL_SERVICES)
+    assert "encode" not in launch.WORKER_KINDS and not any(s.name == "encode" for s in ALL_SERVICES)
 
 
 def test_router_override_adds_one_standalone_router_that_the_frontends_use():

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from diffmesh.bus import free_port
+from shell.bus import free_port
 from tests.deploy.composekit import DEPLOY, import_deploy_module
 
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "diffmesh.json"

@@ -16,7 +16,7 @@ import openai
 import pytest
 from PIL import Image
 
-from diffmesh.bus import free_port
+from shell.bus import free_port
 
 pytestmark = pytest.mark.slow
 START_TIMEOUT_S = 240.0

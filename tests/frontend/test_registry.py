@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffmesh.registry import fetch_card, fetch_file, publish_model
+from shell.registry import fetch_card, fetch_file, publish_model
 from frontend.preprocess import Preprocessor
 from protocol.openai import ChatMessage
 from tests.meshkit import nats_client

@@ -8,10 +8,10 @@ import re
 import aiohttp
 import pytest
 
-from diffmesh.bus import wait_for
-from diffmesh.config import NatsConfig
-from router.cli import serve_router
-from router.core import RouterConfig
+import router
+from router.service import ServiceConfig
+from shell.bus import wait_for
+from shell.config import NatsConfig
 from tests.meshkit import FAST_MOCKER
 from workers.mocker.engine import MockerConfig
 
@@ -85,7 +85,7 @@ async def test_burst_of_identical_prefixes_does_not_all_land_on_one_worker(two_m
 
 async def test_frontend_uses_the_standalone_router_when_router_url_is_nats(mesh, nats_server):
     stop, ready = asyncio.Event(), asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve_router(NatsConfig(url=nats_server.url), mesh.namespace, RouterConfig(), stop, ready))
+    task = asyncio.create_task(router.serve(ServiceConfig(nats=NatsConfig(url=nats_server.url), namespace=mesh.namespace), stop, ready))
     standalone = await ready
     try:
         await mesh.start_frontend(router_url="nats")

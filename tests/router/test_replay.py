@@ -9,7 +9,7 @@ import pytest
 
 import argparse
 
-from diffmesh.config import ConfigError
+from shell.config import ConfigError
 from router.cli import add_replay_arguments, add_router_arguments, router_config, run_replay
 from router.replay import Replay, ReplayConfig, TraceRequest, load_trace, trace_stats, trace_tokens
 from workers.mocker.engine import MockerConfig, MockerScheduler, MockSequence

@@ -7,15 +7,14 @@ import asyncio
 import aiohttp
 import pytest
 
-from diffmesh.bus import free_port, wait_for
-from diffmesh.config import NatsConfig
 from protocol import subjects
 from protocol.control import KvDump, control_decoder, control_encoder
 from protocol.errors import InvalidRequest, WorkerUnavailable
 from protocol.events import KvEvent, KvStored, StoredBlock, event_encoder
-from router.cli import serve_router
-from router.core import Router, RouterConfig
-from router.service import RemoteRouter, RouterService, new_router_id
+from router.core import Router
+from router.service import RemoteRouter, RouterService, ServiceConfig, new_router_id, serve
+from shell.bus import free_port, wait_for
+from shell.config import NatsConfig
 from tests.meshkit import nats_client
 from tests.router.sim import card, heartbeat, route_request
 
@@ -58,8 +57,8 @@ async def test_standalone_router_serves_remote_clients(nats_server, nc, mesh):
     ns = mesh.namespace
     stop, ready = asyncio.Event(), asyncio.get_running_loop().create_future()
     port = free_port()
-    task = asyncio.create_task(serve_router(NatsConfig(url=nats_server.url), ns, RouterConfig(), stop, ready,
-                                            metrics=("127.0.0.1", port)))
+    task = asyncio.create_task(serve(ServiceConfig(nats=NatsConfig(url=nats_server.url), namespace=ns, metrics_host="127.0.0.1",
+                                                   metrics_port=port), stop, ready))
     standalone = await ready
     client = RemoteRouter(nc, ns, Router())
     await client.start()

@@ -9,7 +9,7 @@ import signal
 
 import aiohttp
 
-from diffmesh.bus import wait_for
+from shell.bus import wait_for
 from frontend.bus import Requester
 from protocol import subjects
 from protocol.kv import tokens_to_bytes

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from diffmesh.config import ConfigError
+from shell.config import ConfigError
 from protocol.errors import InvalidRequest
 from protocol.work import DiffusionOptions, SamplingOptions
 

@@ -14,7 +14,7 @@ from protocol.events import ModelCard
 from protocol.kv import tokens_from_bytes, tokens_to_bytes
 from protocol.work import Chunk, Final, GenerateRequest, WorkRequest
 from workers.contract import KvEventSink, RequestContext
-from diffmesh.config import MODEL_CACHE_DIR, from_env
+from shell.config import MODEL_CACHE_DIR, from_env
 from workers.dllm.config import DllmConfig
 
 DEFAULT_MODEL_NAME = "tiny-dllm"  # served name of the tiny default model `diffmesh up` builds

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from diffmesh.config import MODEL_CACHE_DIR, from_env
+from shell.config import MODEL_CACHE_DIR, from_env
 from protocol.errors import InvalidRequest
 from protocol.events import ModelCard
 from protocol.work import Final, ImageOutput, ImageRequest, WorkRequest

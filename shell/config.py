@@ -57,6 +57,19 @@ class FrontendConfig:
             raise ConfigError(f"request_timeout_s={self.request_timeout_s} must be > 0")
 
 
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """A worker process: bus, identity, heartbeats, drain (the engine has its own config)."""
+
+    nats: NatsConfig = field(default_factory=NatsConfig)
+    namespace: str = "dm"
+    worker_id: str | None = None  # None = "<component>-<random hex>"
+    heartbeat_s: float = 1.0
+    load_interval_s: float = 0.25  # load reports at most this often, when load changed
+    drain_timeout_s: float = 30.0
+    js_replicas: int = 1  # replica count of the registry buckets (3 on a 3-node NATS cluster)
+
+
 ENV_PREFIX = "DIFFMESH_"
 MODEL_CACHE_DIR = "~/.cache/diffmesh/models"  # where workers build their tiny default models (env DIFFMESH_MODEL_CACHE)
 

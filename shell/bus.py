@@ -18,9 +18,9 @@ from pathlib import Path
 
 import nats
 
-from diffmesh.config import ConfigError, NatsConfig
+from shell.config import ConfigError, NatsConfig
 
-log = logging.getLogger("diffmesh.bus")
+log = logging.getLogger("shell.bus")
 
 MAX_PAYLOAD = 8 * 1024 * 1024
 PENDING_SIZE = 8 * 1024 * 1024  # client flush buffer

@@ -8,12 +8,17 @@ import logging
 
 import msgspec
 import nats
-from nats.js.errors import BucketNotFoundError, NoStreamResponseError, NotFoundError, ObjectNotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    NoStreamResponseError,
+    NotFoundError,
+    ObjectNotFoundError,
+)
 
 from protocol import subjects
 from protocol.events import ModelCard, card_decoder, event_encoder
 
-log = logging.getLogger("diffmesh.registry")
+log = logging.getLogger("shell.registry")
 
 def card_key(model: str) -> str:
     """KV keys allow [-/_=.a-zA-Z0-9]; other characters of a model name become '_'."""
