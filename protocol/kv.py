@@ -81,6 +81,8 @@ def local_block_hashes(
     data = _u32_le(tokens[: num_blocks * block_size])
     blocks: list[bytes] = data.view(f"V{block_size * 4}").tolist()  # one bytes object per block
     hashes = list(map(_xxh3, blocks, repeat(seed, num_blocks)))
+    if not mm_objects:
+        return hashes
     for block, mm in block_mm_hashes(mm_objects, block_size, num_blocks).items():
         hashes[block] = _xxh3(blocks[block] + struct.pack(f"<{len(mm)}Q", *mm), seed)
     return hashes

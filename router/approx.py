@@ -72,3 +72,6 @@ class ApproxIndex:
 
     def num_blocks(self, worker: str) -> int:
         return self.index.num_blocks(worker)
+
+    def num_blocks_of(self, workers: Sequence[str]) -> list[int]:
+        return self.index.num_blocks_of(workers)

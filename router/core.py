@@ -147,14 +147,18 @@ class Router:
         if len(request.token_ids) % 4:
             raise InvalidRequest("token_ids must be int32 little-endian bytes", param="$.token_ids")
         exclude = request.exclude
-        states = [s for s in self.tracker.live(request.model)
-                  if not s.is_draining and (not exclude or s.card.worker_id not in exclude)]
-        if not states:
-            raise WorkerUnavailable(f"no live worker serves model {request.model!r}", retry_after=self.config.retry_after_s)
+        live = self.tracker.live(request.model)
         if request.worker_id is not None or mode == "direct":
+            states = [s for s in live if not s.is_draining and (not exclude or s.card.worker_id not in exclude)]
+            if not states:
+                raise WorkerUnavailable(f"no live worker serves model {request.model!r}",
+                                        retry_after=self.config.retry_after_s)
             return self._decide(request, [self._direct(request, states)], "direct")
-        free = [s for s in states if not s.is_busy]
+        free = [s for s in live if not (s.is_draining or s.is_busy) and (not exclude or s.card.worker_id not in exclude)]
         if not free:
+            if not any(not s.is_draining and (not exclude or s.card.worker_id not in exclude) for s in live):
+                raise WorkerUnavailable(f"no live worker serves model {request.model!r}",
+                                        retry_after=self.config.retry_after_s)
             raise Overloaded("all workers are busy, please retry later", retry_after=self.config.retry_after_s)
         return self._decide(request, free, mode)
 
@@ -184,9 +188,10 @@ class Router:
         overlaps = index.find_matches(local)
         t2 = time.perf_counter()
         config = self.config.policy
+        held = index.num_blocks_of([s.card.worker_id for s in states])
         costs = policy.kv_costs(states, overlaps, num_tokens, block_size, keys, config.overlap_weight, self.clock(),
-                                config.miss_penalty, None if is_approx else index.num_blocks)
-        chosen = self._choose(mode, states, costs, index)
+                                config.miss_penalty, None if is_approx else held)
+        chosen = self._choose(mode, states, costs, held)
         worker_id = states[chosen].worker_id
         overlap = overlaps.get(worker_id, 0)
         prefill_tokens = max(num_tokens - overlap * block_size, 0)
@@ -199,10 +204,9 @@ class Router:
         return RouteDecision(worker_id=worker_id, component=card.component, overlap_blocks=overlap, num_blocks=len(local),
                              cost=costs[chosen], mode=mode, hash_s=t1 - t0, match_s=t2 - t1, score_s=t3 - t2)
 
-    def _choose(self, mode: str, states: list[WorkerState], costs: list[float], index: KvIndex | ApproxIndex) -> int:
+    def _choose(self, mode: str, states: list[WorkerState], costs: list[float], held: list[int]) -> int:
         if mode in ("kv", "direct"):
-            return policy.pick(costs, lambda tied: [index.num_blocks(states[i].card.worker_id) for i in tied],
-                               self.config.policy.temperature, self.rng)
+            return policy.pick(costs, lambda tied: [held[i] for i in tied], self.config.policy.temperature, self.rng)
         if mode == "round_robin":
             self._rr += 1
             ordered = sorted(range(len(states)), key=lambda i: states[i].worker_id)

@@ -42,6 +42,11 @@ class KvIndex:
     def num_blocks(self, worker: str) -> int:
         return len(self._lookup.get(worker, ()))
 
+    def num_blocks_of(self, workers: Sequence[str]) -> list[int]:
+        """`num_blocks` of each worker, in order."""
+        lookup = self._lookup
+        return [len(lookup.get(worker, ())) for worker in workers]
+
     @property
     def num_entries(self) -> int:
         """(worker, block) pairs held, over all workers."""

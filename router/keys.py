@@ -36,7 +36,9 @@ def prefix_keys(local_hashes: Sequence[int]) -> list[int]:
     else:
         pow_, pow_inv = _powers(_P, n), _powers(_P_INV, n)
     values = np.array(local_hashes, dtype=np.uint64)
-    return (np.cumsum(values * pow_inv) * pow_).tolist()
+    np.multiply(values, pow_inv, out=values)  # in place, and the method rather than np.cumsum's Python wrapper
+    values.cumsum(out=values)
+    return np.multiply(values, pow_, out=values).tolist()
 
 
 def leading_active(active: dict[int, int] | set[int], keys: Sequence[int]) -> int:

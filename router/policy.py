@@ -57,38 +57,48 @@ def is_busy(state: WorkerState, config: PolicyConfig) -> bool:
 
 def kv_costs(states: Sequence[WorkerState], overlaps: dict[str, int], num_tokens: int, block_size: int,
              keys: Sequence[int], overlap_weight: float, now: float | None = None, miss_penalty: float = 0.0,
-             held_blocks: Callable[[str], int] | None = None) -> list[float]:
+             held_blocks: Sequence[int] | None = None) -> list[float]:
     """cost = overlap_weight × prefill_blocks + decode_blocks per worker (lower is better).
 
     prefill_blocks = (queued prefill + (1 + miss_penalty) × the prompt's prefill there) / block_size + the cached
-    blocks the worker must evict to hold the new ones (from `held_blocks(worker_id)` and the card's kv_total_blocks:
-    each is a prefix some later request misses). Prefill counts tokens (Dynamo) or, with `now` and a worker whose
-    prefill curve is known (router.prefill), that worker's seconds still queued at `now` and for the prompt's uncached
-    tokens, as tokens at the fleet's mean rate.
+    blocks the worker must evict to hold the new ones (from `held_blocks`, each state's cached block count, and the
+    card's kv_total_blocks: each is a prefix some later request misses). Prefill counts tokens (Dynamo) or, with `now`
+    and a worker whose prefill curve is known (router.prefill), that worker's seconds still queued at `now` and for
+    the prompt's uncached tokens, as tokens at the fleet's mean rate.
     decode_blocks = the worker's active blocks + the request's blocks not already active there.
+
+    One plain loop, no calls per worker on the common path: a numpy form needs ~20 array operations plus gathering
+    each worker's fields into arrays, which costs more than this loop at tens of workers (README, "Router decision").
     """
-    costs = []
+    costs: list[float] = []
+    append = costs.append
     num_blocks = len(keys)
+    first_key = keys[0] if keys else None
     miss_weight = 1.0 + miss_penalty
     rate = reference_rate(states) if now is not None else 0.0
-    for state in states:
-        active = state.active_blocks
-        worker_id = state.card.worker_id
-        overlap = overlaps.get(worker_id, 0) if overlaps else 0
-        new_tokens = max(num_tokens - overlap * block_size, 0)
+    get_overlap = overlaps.get
+    for i, state in enumerate(states):
+        card = state.card
+        overlap = get_overlap(card.worker_id, 0)
+        new_tokens = num_tokens - overlap * block_size
+        if new_tokens < 0:
+            new_tokens = 0
         queue = state.prefill
         if rate and queue.is_known:
             prefill_tokens = rate * (queue.remaining(now) + miss_weight * queue.seconds(new_tokens))
         else:
             prefill_tokens = state.predicted_prefill_tokens + miss_weight * new_tokens
         prefill_blocks = prefill_tokens / block_size
-        total = state.card.kv_total_blocks
+        total = card.kv_total_blocks
         if total and held_blocks is not None:
-            evicted = num_blocks - overlap - (total - held_blocks(worker_id))
+            evicted = num_blocks - overlap - (total - held_blocks[i])
             if evicted > 0:
                 prefill_blocks += evicted
-        decode_blocks = len(active) + num_blocks - (leading_active(active, keys) if active else 0)
-        costs.append(overlap_weight * prefill_blocks + decode_blocks)
+        active = state.active_blocks
+        decode_blocks = len(active) + num_blocks
+        if first_key in active:
+            decode_blocks -= leading_active(active, keys)
+        append(overlap_weight * prefill_blocks + decode_blocks)
     return costs
 
 

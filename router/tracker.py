@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
+from itertools import chain
 from dataclasses import dataclass, field
 
 from protocol.events import LoadReport, WorkerCard
@@ -43,6 +44,33 @@ class _Active:
     started: float  # router clock seconds
     prefill_s: float = 0.0  # predicted seconds of prefill (router.prefill), given back at the first token
     prefill_done: bool = False
+
+
+def release_blocks(active: Counter[int], blocks: Sequence[int]) -> None:
+    """Take one reference of each of a request's prefix keys off a worker's active counts.
+
+    Every request holding key i also holds key i - 1 (a key stands for its whole prefix), so counts never grow along
+    `blocks`: the keys only this request holds are a suffix. It is found by binary search, checked and dropped in C
+    (`map`), and only the shared prefix is decremented one by one. Lists that break the rule (hash collisions, or
+    hand-made blocks) take the key-by-key path.
+    """
+    low, high = 0, len(blocks)  # invariant: blocks[:low] are held by another request too, blocks[high:] are not
+    while low < high:
+        mid = (low + high) // 2
+        if active.get(blocks[mid], 0) > 1:
+            low = mid + 1
+        else:
+            high = mid
+    alone = blocks[low:]
+    if list(map(active.get, alone)).count(1) == len(alone):
+        deque(map(active.pop, alone), maxlen=0)
+        alone = ()
+    for block in chain(blocks[:low], alone):
+        left = active.get(block, 0) - 1
+        if left > 0:
+            active[block] = left
+        else:
+            active.pop(block, None)
 
 
 class WorkerTracker:
@@ -134,13 +162,7 @@ class WorkerTracker:
         if state is None:
             return False
         state.num_active -= 1
-        active = state.active_blocks
-        for block in request.blocks:
-            left = active.get(block, 0) - 1
-            if left > 0:
-                active[block] = left
-            else:
-                active.pop(block, None)
+        release_blocks(state.active_blocks, request.blocks)
         return True
 
     def drop_stale(self, now: float, max_age_s: float) -> list[str]:
