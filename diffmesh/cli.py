@@ -11,6 +11,7 @@ from diffmesh.launch import available_kinds
 from shell import logs
 from shell.config import ConfigError
 from shell.flags import add_frontend_flags, add_nats_flags, add_worker_flags, frontend_config, runtime_config
+from shell.process import die_with_parent
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()  # a child of `up` or of `frontend --workers N` ends with its parent
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level, args.log_format)
     try:

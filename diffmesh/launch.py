@@ -15,6 +15,7 @@ import time
 import workers.dllm
 import workers.image
 import workers.mocker
+from diffmesh.frontends import FrontendGroup
 from router.service import ServiceConfig
 from shell.bus import EmbeddedNats, find_nats_server, server_config_text
 from shell.config import ConfigError, FrontendConfig, NatsConfig, RuntimeConfig
@@ -32,15 +33,20 @@ def available_kinds() -> dict[str, object]:
 
 
 def frontend(args: argparse.Namespace, config: FrontendConfig) -> int:
-    """`diffmesh frontend`: serve HTTP until SIGINT/SIGTERM."""
-    import frontend as component
-
+    """`diffmesh frontend`: serve HTTP (in `--workers` processes) until SIGINT/SIGTERM."""
     if args.dry_run:
         print(config)
         return 0
     tune_gc()
-    run_until_signal(lambda stop: component.serve(config, stop=stop))
-    return 0
+    with FrontendGroup(config, _log_args(args)) as group:
+        import frontend as component  # after the group chose the metrics mode
+
+        run_until_signal(lambda stop: group.serve(lambda s: component.serve(config, stop=s), stop))
+    return 1 if group.failed else 0
+
+
+def _log_args(args: argparse.Namespace) -> list[str]:
+    return ["--log-level", args.log_level, "--log-format", args.log_format]
 
 
 def worker(args: argparse.Namespace, config: RuntimeConfig, kind) -> int:
@@ -79,7 +85,7 @@ def nats_server(args: argparse.Namespace) -> int:
 
 
 def _worker_commands(args: argparse.Namespace, nats_url: str) -> list[list[str]]:
-    base = [sys.executable, "-m", "diffmesh.cli", "--log-level", args.log_level, "--log-format", args.log_format, "worker"]
+    base = [sys.executable, "-m", "diffmesh.cli", *_log_args(args), "worker"]
     common = ["--nats-url", nats_url, "--namespace", args.namespace or "dm"]
     kinds = available_kinds()
     commands = [base + ["mocker", *common, "--speedup-ratio", str(args.mocker_speedup)] for _ in range(args.mocker)]
@@ -110,14 +116,16 @@ def up(args: argparse.Namespace) -> int:
                 for command in commands]
     tune_gc()
     try:
-        run_until_signal(lambda stop: _serve_up(config, server, children, stop))
+        with FrontendGroup(config, _log_args(args)) as group:
+            run_until_signal(lambda stop: group.serve(lambda s: _serve_up(config, server, children, group, s), stop))
     finally:
         _stop_children(children)
         server.stop()
-    return 0
+    return 1 if group.failed else 0
 
 
-async def _serve_up(config: FrontendConfig, server: EmbeddedNats, children, stop: asyncio.Event) -> None:
+async def _serve_up(config: FrontendConfig, server: EmbeddedNats, children, group: FrontendGroup,
+                    stop: asyncio.Event) -> None:
     import frontend as component
 
     ready = asyncio.Event()
@@ -125,7 +133,8 @@ async def _serve_up(config: FrontendConfig, server: EmbeddedNats, children, stop
     await ready.wait()
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     url = f"http://{host}:{config.port}"
-    print(f"diffmesh is starting: HTTP {url}  NATS {server.url}  ({len(children)} workers)", flush=True)
+    print(f"diffmesh is starting: HTTP {url}  NATS {server.url}  ({len(children)} workers, "
+          f"{group.num_children + 1} frontend processes)", flush=True)
     models = await _wait_models(url, len(children), stop)
     if models:
         print(f"ready: models {', '.join(m['id'] for m in models)}\n\n{_examples(url, models)}\n"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import nats
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from frontend import images, text
 from frontend.bus import Requester
@@ -21,7 +22,7 @@ from router.service import build_router_service
 from shell.bus import connect
 from shell.config import FrontendConfig
 from shell.logs import request_id_from_headers, request_id_var
-from shell.metrics import FrontendMetrics
+from shell.metrics import FLUSH_INTERVAL_S, FrontendMetrics
 
 log = logging.getLogger("diffmesh.frontend")
 NC: web.AppKey[nats.NATS] = web.AppKey("diffmesh_nc", nats.NATS)
@@ -57,6 +58,8 @@ async def request_id_middleware(request: web.Request, handler):
     response = await handler(request)
     if not response.prepared:
         response.headers["x-request-id"] = request_id
+        if STATE in request.app:  # which of the frontend processes sharing the port answered
+            response.headers["x-diffmesh-frontend"] = request.app[STATE].requester.requester_id
     return response
 
 
@@ -96,7 +99,7 @@ async def health(request: web.Request) -> web.Response:
     models = state.registry.live_models()
     body = {"status": "healthy" if nc.is_connected else "unhealthy", "nats": nc.is_connected,
             "models": {name: [w.worker_id for w in ws] for name, ws in models.items()},
-            "in_flight": state.requester.num_in_flight}
+            "in_flight": state.requester.num_in_flight, "frontend": state.requester.requester_id, "pid": os.getpid()}
     return web.json_response(body, status=200 if nc.is_connected else 503)
 
 
@@ -107,17 +110,14 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    _refresh_router_gauges(state)
-    return web.Response(body=generate_latest(state.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=request.app[STATE].metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _refresh_router_gauges(state: AppState) -> None:
-    m = state.metrics.router
-    m.refresh(state.router.router)
-    m.workers.clear()
-    for name, workers in state.registry.live_models().items():
-        m.workers.labels(name).set(len(workers))
+async def _flush_metrics(metrics: FrontendMetrics) -> None:
+    """Coalesced metric updates reach prometheus_client (and the other frontend processes' scrapes) every second."""
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL_S)
+        metrics.flush()
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -152,9 +152,12 @@ def _bus_context(config: FrontendConfig):
         await requester.start()
         await router_service.start()
         metrics = FrontendMetrics()
+        metrics.router.attach(router_service.router)
+        flusher = asyncio.create_task(_flush_metrics(metrics))
         app[NC] = nc
         app[STATE] = AppState(config, requester, router_service, registry, metrics)
         yield
+        flusher.cancel()
         await router_service.stop()
         await requester.stop()
         await nc.drain()
@@ -165,7 +168,9 @@ def _bus_context(config: FrontendConfig):
 async def run_frontend(config: FrontendConfig, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set (or forever)."""
     runner = web.AppRunner(build_app(config), handler_cancellation=True, access_log=None)
-    await runner.setup()
+    await runner.setup()  # connects and subscribes (the bus context)
+    if config.join_warmup_s:
+        await asyncio.sleep(config.join_warmup_s)  # hear every worker before the kernel sends us connections
     site = web.TCPSite(runner, config.host, config.port, reuse_port=True)
     await site.start()
     log.info("frontend listening on http://%s:%d", config.host, config.port)

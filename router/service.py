@@ -271,7 +271,9 @@ async def serve(config: ServiceConfig, stop: asyncio.Event, ready: asyncio.Futur
     server, gauges = _start_metrics(config.metrics_host, config.metrics_port) if config.metrics_port else (None, None)
     service = RouterService(nc, config.namespace, router, serve=True, on_decision=gauges.observe if gauges else None)
     await service.start()
-    refresher = asyncio.create_task(_refresh_metrics(gauges, router)) if gauges else None
+    if gauges:
+        gauges.attach(router)
+    refresher = asyncio.create_task(_flush_metrics(gauges)) if gauges else None
     log.info("router %s serving %s in namespace %s", router.router_id, config.router.policy.mode, config.namespace)
     if ready is not None:
         ready.set_result(service)
@@ -295,7 +297,8 @@ def _start_metrics(host: str, port: int):
     return server, RouterMetrics(registry)
 
 
-async def _refresh_metrics(gauges, router, interval_s: float = 1.0) -> None:
+async def _flush_metrics(gauges, interval_s: float = 1.0) -> None:
+    """Decision counts and latencies reach the metrics server's thread once a second (coalesced in this loop)."""
     while True:
-        gauges.refresh(router)
         await asyncio.sleep(interval_s)
+        gauges.flush()

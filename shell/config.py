@@ -43,6 +43,10 @@ class FrontendConfig:
     api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
     media_dir: str | None = None  # local store served at /v1/files/ (url image responses)
     public_base_url: str | None = None
+    workers: int = 0  # HTTP processes sharing the port (SO_REUSEPORT); 0 = one per usable core
+    # Seconds this process follows the bus before it listens: a process joining others on the port hears every
+    # worker's heartbeat (1 s) and fetches their KV dumps first, so it never answers "no such model" for a live one.
+    join_warmup_s: float = 0.0
 
     def __post_init__(self) -> None:
         modes = ("kv", "round_robin", "random", "least_loaded")
@@ -55,6 +59,15 @@ class FrontendConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if not self.request_timeout_s > 0:
             raise ConfigError(f"request_timeout_s={self.request_timeout_s} must be > 0")
+        if self.join_warmup_s < 0:
+            raise ConfigError(f"join_warmup_s={self.join_warmup_s} must be >= 0")
+        if self.workers < 0:
+            raise ConfigError(f"workers={self.workers} must be >= 0 (0 = one per core)")
+
+    @property
+    def num_processes(self) -> int:
+        """HTTP processes to run: `workers`, or the cores this process may use."""
+        return self.workers or len(os.sched_getaffinity(0))
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,8 @@ class RuntimeConfig:
 
 
 ENV_PREFIX = "DIFFMESH_"
+# prometheus_client's multiprocess directory: set (before it is imported) when several frontends share a port
+METRICS_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 MODEL_CACHE_DIR = "~/.cache/diffmesh/models"  # where workers build their tiny default models (env DIFFMESH_MODEL_CACHE)
 
 
@@ -106,6 +121,20 @@ def from_env(cls, env: dict[str, str] | None = None, prefix: str = ENV_PREFIX, *
             values[f.name] = _coerce(key, env[key], _field_kind(f))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**values)
+
+
+def to_env(config, prefix: str = ENV_PREFIX) -> dict[str, str]:
+    """The DIFFMESH_* variables that make `from_env` build `config` again (None as "", which reads as unset)."""
+    env: dict[str, str] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            env.update(to_env(value, prefix + f.name.upper() + "_"))
+        elif isinstance(value, bool):
+            env[prefix + f.name.upper()] = "1" if value else "0"
+        else:
+            env[prefix + f.name.upper()] = "" if value is None else str(value)
+    return env
 
 
 def nats_from_env(env: dict[str, str] | None = None, **overrides) -> NatsConfig:

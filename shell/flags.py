@@ -49,6 +49,8 @@ def add_frontend_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--media-dir", help="local image store served at /v1/files/ (env DIFFMESH_MEDIA_DIR)")
     parser.add_argument("--request-timeout", type=float, dest="request_timeout_s", help="seconds per request")
     parser.add_argument("--max-body-bytes", type=int)
+    parser.add_argument("--workers", type=int, help="HTTP frontend processes sharing the port, each with its own NATS "
+                        "connection and synced router (env DIFFMESH_WORKERS; default one per core)")
 
 
 def frontend_config(args: argparse.Namespace, **overrides) -> FrontendConfig:
@@ -56,7 +58,7 @@ def frontend_config(args: argparse.Namespace, **overrides) -> FrontendConfig:
     values = dict(nats=nats_config(args) if hasattr(args, "nats_url") else None, namespace=args.namespace,
                   host=args.host, port=args.port, router_mode=args.router_mode, router_url=args.router_url,
                   api_key=args.api_key, media_dir=args.media_dir, request_timeout_s=args.request_timeout_s,
-                  max_body_bytes=args.max_body_bytes)
+                  max_body_bytes=args.max_body_bytes, workers=args.workers)
     return from_env(FrontendConfig, **{**values, **overrides})
 
 

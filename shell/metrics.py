@@ -1,25 +1,111 @@
-"""Every Prometheus metric the mesh exports, defined once. Names follow Dynamo's so its dashboards carry over."""
+"""Every Prometheus metric the mesh exports, defined once. Names follow Dynamo's so its dashboards carry over.
+
+Hot-path updates are coalesced: a request adds to plain Python numbers (`Pending*`), and `flush()` moves them into
+the prometheus_client objects (each update there takes a lock, and in multiprocess mode writes a file) once a
+second and before every scrape. Router state is read at scrape time by a collector, not copied into gauges.
+With several frontend processes on one port, prometheus_client's multiprocess mode sums them (`render`).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from shell.config import METRICS_MULTIPROC_ENV
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 ITL_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 TOKEN_BUCKETS = (1, 16, 64, 256, 1024, 4096, 16384, 65536)
 ROUTER_BUCKETS = (1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2)
+FLUSH_INTERVAL_S = 1.0  # pending updates reach prometheus_client at least this often
+
+
+class PendingCounter:
+    """A counter child's increments, held until `flush`."""
+
+    __slots__ = ("child", "amount")
+
+    def __init__(self, child):
+        self.child, self.amount = child, 0
+
+    def inc(self, amount: float = 1) -> None:
+        self.amount += amount
+
+    def flush(self) -> None:
+        if self.amount:
+            amount, self.amount = self.amount, 0
+            self.child.inc(amount)
+
+
+class PendingGauge:
+    """A gauge child kept as a plain number; `flush` sets it (multiprocess mode sums the live processes)."""
+
+    __slots__ = ("child", "value", "_flushed")
+
+    def __init__(self, child):
+        self.child, self.value, self._flushed = child, 0, 0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        self.value -= amount
+
+    def flush(self) -> None:
+        if self.value != self._flushed:
+            self._flushed = self.value
+            self.child.set(self.value)
+
+
+class PendingHistogram:
+    """A histogram child's observations as bucket counts and a sum, until `flush` adds them in one go."""
+
+    __slots__ = ("child", "bounds", "counts", "total")
+
+    def __init__(self, child, buckets: tuple[float, ...]):
+        self.child, self.bounds = child, buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self.bounds, amount)] += 1  # `le` buckets: the first bound >= amount
+        self.total += amount
+
+    def flush(self) -> None:
+        if any(self.counts):
+            counts, self.counts, total, self.total = self.counts, [0] * len(self.counts), self.total, 0.0
+            add_observations(self.child, counts, total)
+
+
+def add_observations(child, counts: list[int], total: float) -> None:
+    """Add per-bucket observation counts to a prometheus_client Histogram child, as if observed one by one.
+
+    prometheus_client has no public call for this; it keeps one value per bucket (`_buckets`) and the sum (`_sum`).
+    tests/shell/test_metrics.py checks the result against observe() on every upgrade.
+    """
+    for bucket, count in zip(child._buckets, counts):
+        if count:
+            bucket.inc(count)
+    child._sum.inc(total)
 
 
 class FrontendMetrics:
-    """Per-app registry (no module globals); `/metrics` renders `registry`."""
+    """Per-app registry (no module globals); `/metrics` renders it (`render`)."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
         r = self.registry = registry or CollectorRegistry()
         p = "dynamo_frontend"
         self.requests = Counter(f"{p}_requests", "HTTP requests by model, endpoint, streaming and status",
                                 ["model", "endpoint", "request_type", "status"], registry=r)
-        self.inflight = Gauge(f"{p}_inflight_requests", "Requests being served", ["model"], registry=r)
-        self.queued = Gauge(f"{p}_queued_requests", "Requests waiting for their first reply", ["model"], registry=r)
+        self.inflight = Gauge(f"{p}_inflight_requests", "Requests being served", ["model"], registry=r,
+                              multiprocess_mode="livesum")
+        self.queued = Gauge(f"{p}_queued_requests", "Requests waiting for their first reply", ["model"], registry=r,
+                            multiprocess_mode="livesum")
         self.disconnected = Counter(f"{p}_disconnected_clients", "Clients that went away mid-request", ["model"], registry=r)
         self.ttft = Histogram(f"{p}_time_to_first_token_seconds", "Time to first token", ["model"],
                               buckets=LATENCY_BUCKETS, registry=r)
@@ -39,86 +125,164 @@ class FrontendMetrics:
                                   registry=r)
         self.router = RouterMetrics(r)
         self._per_model: dict[str, ModelMetrics] = {}
+        self._pending: list = self.router.pending
 
     def model(self, name: str) -> ModelMetrics:
         """Label children bound once per model (labels() lookups cost microseconds on the hot path)."""
         bound = self._per_model.get(name)
         if bound is None:
-            bound = self._per_model[name] = ModelMetrics(self, name)
+            bound = self._per_model[name] = ModelMetrics(self, name, self._pending)
         return bound
+
+    def flush(self) -> None:
+        """Move every pending update into prometheus_client (before a scrape, and on a timer)."""
+        for pending in self._pending:
+            pending.flush()
+
+    def render(self) -> bytes:
+        """The exposition text: this process's registry, or every frontend process's in multiprocess mode."""
+        self.flush()
+        return generate_latest(self.registry if not is_multiprocess() else self._multiprocess_registry())
+
+    def _multiprocess_registry(self) -> CollectorRegistry:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        for collector in self.router.collectors:  # router state: this process's view (every router sees every worker)
+            registry.register(collector)
+        return registry
+
+
+def is_multiprocess() -> bool:
+    return bool(os.environ.get(METRICS_MULTIPROC_ENV))
 
 
 class ModelMetrics:
-    def __init__(self, m: FrontendMetrics, model: str):
-        self.inflight = m.inflight.labels(model)
-        self.queued = m.queued.labels(model)
-        self.disconnected = m.disconnected.labels(model)
-        self.ttft = m.ttft.labels(model)
-        self.itl = m.itl.labels(model)
-        self.duration = m.duration.labels(model)
-        self.input_tokens = m.input_tokens.labels(model)
-        self.output_tokens = m.output_tokens.labels(model)
-        self.output_tokens_total = m.output_tokens_total.labels(model)
-        self.cached_tokens = m.cached_tokens.labels(model)
-        self.images = m.images.labels(model)
+    def __init__(self, m: FrontendMetrics, model: str, pending: list):
+        def bound(kind, metric, *args):
+            wrapper = kind(metric.labels(model), *args)
+            pending.append(wrapper)
+            return wrapper
+
+        self.inflight = bound(PendingGauge, m.inflight)
+        self.queued = bound(PendingGauge, m.queued)
+        self.disconnected = bound(PendingCounter, m.disconnected)
+        self.ttft = bound(PendingHistogram, m.ttft, LATENCY_BUCKETS)
+        self.itl = bound(PendingHistogram, m.itl, ITL_BUCKETS)
+        self.duration = bound(PendingHistogram, m.duration, LATENCY_BUCKETS)
+        self.input_tokens = bound(PendingHistogram, m.input_tokens, TOKEN_BUCKETS)
+        self.output_tokens = bound(PendingHistogram, m.output_tokens, TOKEN_BUCKETS)
+        self.output_tokens_total = bound(PendingCounter, m.output_tokens_total)
+        self.cached_tokens = bound(PendingCounter, m.cached_tokens)
+        self.images = bound(PendingCounter, m.images)
+        m.migrations.labels(model, "new_request")  # a zero series from the start (multiprocess mode shows no others)
         self._requests = m.requests
         self._model = model
-        self._by_status: dict[tuple[str, str, str], object] = {}
+        self._pending = pending
+        self._by_status: dict[tuple[str, str, str], PendingCounter] = {}
 
     def request_done(self, endpoint: str, request_type: str, status: str) -> None:
         key = (endpoint, request_type, status)
         counter = self._by_status.get(key)
         if counter is None:
-            counter = self._by_status[key] = self._requests.labels(self._model, endpoint, request_type, status)
+            counter = self._by_status[key] = PendingCounter(self._requests.labels(self._model, endpoint, request_type,
+                                                                                  status))
+            self._pending.append(counter)
         counter.inc()
 
 
 class RouterMetrics:
-    """Router metrics; gauges are refreshed from the Router's own counters when /metrics is scraped."""
+    """Router metrics: decisions and their latency (coalesced), and the router's state read at scrape time."""
 
-    def __init__(self, registry: CollectorRegistry):
+    def __init__(self, registry: CollectorRegistry, router: Callable[[], object] | None = None):
         r, p = registry, "dynamo_router"
         self.decisions = Counter(f"{p}_requests", "Routing decisions by mode", ["mode"], registry=r)
-        self.kv_hit_rate = Gauge(f"{p}_kv_hit_rate", "Matched prefix blocks / request blocks, since start", registry=r)
-        self.overhead = Histogram(f"{p}_overhead_seconds", "Decision latency by phase (hashing, matching, scoring)",
-                                  ["phase"], buckets=ROUTER_BUCKETS, registry=r)
-        self.events = Gauge("dynamo_component_kv_cache_events_applied", "KV events applied by type and status",
-                            ["event_type", "status"], registry=r)
-        self.worker_load = Gauge("dynamo_frontend_worker_active_prefill_tokens", "Predicted prefill tokens per worker",
-                                 ["worker_id"], registry=r)
-        self.worker_blocks = Gauge("dynamo_frontend_worker_active_decode_blocks", "Predicted active KV blocks per worker",
-                                   ["worker_id"], registry=r)
-        self.worker_requests = Gauge(f"{p}_worker_active_requests", "Predicted requests in flight per worker",
-                                     ["worker_id"], registry=r)
-        self.prefill_rate = Gauge(f"{p}_worker_prefill_tokens_per_second",
-                                  "Prefill rate the router learned from first-token times per worker (0 = not yet)",
-                                  ["worker_id"], registry=r)
-        self.indexed_blocks = Gauge(f"{p}_indexed_blocks", "Cached blocks the router's index holds per worker",
-                                    ["worker_id"], registry=r)
-        self.kv_dumps = Gauge(f"{p}_kv_dumps", "Full KV dumps applied (first sight, event-id gaps)", registry=r)
-        self.kv_gaps = Gauge(f"{p}_kv_event_gaps", "Event-id gaps detected", registry=r)
-        self.workers = Gauge(f"{p}_live_workers", "Workers with a fresh heartbeat", ["model"], registry=r)
+        overhead = Histogram(f"{p}_overhead_seconds", "Decision latency by phase (hashing, matching, scoring)",
+                             ["phase"], buckets=ROUTER_BUCKETS, registry=r)
+        self.pending: list = []
+        self._phases = [self._bind(PendingHistogram(overhead.labels(phase), ROUTER_BUCKETS))
+                        for phase in ("hashing", "matching", "scoring")]
+        self._by_mode: dict[str, PendingCounter] = {}
+        self.collectors = [RouterCollector()]
+        for collector in self.collectors:
+            registry.register(collector)
+
+    def _bind(self, pending):
+        self.pending.append(pending)
+        return pending
+
+    def attach(self, router) -> None:
+        """Read gauges from this router.core.Router at each scrape."""
+        for collector in self.collectors:
+            collector.router = router
 
     def observe(self, decision) -> None:
         """One routing decision (protocol.routing.RouteDecision): its mode and latency by phase."""
-        self.decisions.labels(decision.mode).inc()
-        self.overhead.labels("hashing").observe(decision.hash_s)
-        self.overhead.labels("matching").observe(decision.match_s)
-        self.overhead.labels("scoring").observe(decision.score_s)
+        counter = self._by_mode.get(decision.mode)
+        if counter is None:
+            counter = self._by_mode[decision.mode] = self._bind(PendingCounter(self.decisions.labels(decision.mode)))
+        counter.inc()
+        hashing, matching, scoring = self._phases
+        hashing.observe(decision.hash_s)
+        matching.observe(decision.match_s)
+        scoring.observe(decision.score_s)
 
-    def refresh(self, router) -> None:
-        """Copy a router.core.Router's counters and per-worker state into the gauges (call before a scrape)."""
-        self.kv_hit_rate.set(router.hit_rate)
+    def flush(self) -> None:
+        for pending in self.pending:
+            pending.flush()
+
+
+class RouterCollector(Collector):
+    """Gauges of a router.core.Router's counters and per-worker state, computed when scraped (nothing to refresh)."""
+
+    def __init__(self, router=None):
+        self.router = router
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        router = self.router
+        if router is None:
+            return
+        yield _gauge("dynamo_router_kv_hit_rate", "Matched prefix blocks / request blocks, since start", router.hit_rate)
+        events = GaugeMetricFamily("dynamo_component_kv_cache_events_applied", "KV events applied by type and status",
+                                   labels=["event_type", "status"])
         for (kind, status), count in router.stats.applied.items():
-            self.events.labels(kind, status).set(count)
-        self.kv_dumps.set(router.stats.num_dumps)
-        self.kv_gaps.set(router.stats.num_gaps)
-        for gauge in (self.worker_load, self.worker_blocks, self.worker_requests, self.prefill_rate, self.indexed_blocks):
-            gauge.clear()
-        for s in router.tracker.workers.values():
-            self.worker_load.labels(s.worker_id).set(s.predicted_prefill_tokens)
-            self.worker_blocks.labels(s.worker_id).set(s.num_active_blocks)
-            self.worker_requests.labels(s.worker_id).set(s.num_active)
-            self.prefill_rate.labels(s.worker_id).set(s.prefill.tokens_per_s)
-            self.indexed_blocks.labels(s.worker_id).set(router.index.num_blocks(s.worker_id)
-                                                        + router.approx.num_blocks(s.worker_id))
+            events.add_metric([kind, status], count)
+        yield events
+        yield _gauge("dynamo_router_kv_dumps", "Full KV dumps applied (first sight, event-id gaps)", router.stats.num_dumps)
+        yield _gauge("dynamo_router_kv_event_gaps", "Event-id gaps detected", router.stats.num_gaps)
+        yield from _worker_gauges(router)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _worker_gauges(router) -> Iterator[GaugeMetricFamily]:
+    families = {
+        "load": GaugeMetricFamily("dynamo_frontend_worker_active_prefill_tokens", "Predicted prefill tokens per worker",
+                                  labels=["worker_id"]),
+        "blocks": GaugeMetricFamily("dynamo_frontend_worker_active_decode_blocks",
+                                    "Predicted active KV blocks per worker", labels=["worker_id"]),
+        "requests": GaugeMetricFamily("dynamo_router_worker_active_requests", "Predicted requests in flight per worker",
+                                      labels=["worker_id"]),
+        "rate": GaugeMetricFamily("dynamo_router_worker_prefill_tokens_per_second",
+                                  "Prefill rate the router learned from first-token times per worker (0 = not yet)",
+                                  labels=["worker_id"]),
+        "indexed": GaugeMetricFamily("dynamo_router_indexed_blocks", "Cached blocks the router's index holds per worker",
+                                     labels=["worker_id"]),
+    }
+    live = GaugeMetricFamily("dynamo_router_live_workers", "Workers with a fresh heartbeat", labels=["model"])
+    per_model: dict[str, int] = {}
+    for s in router.tracker.workers.values():
+        worker = [s.worker_id]
+        families["load"].add_metric(worker, s.predicted_prefill_tokens)
+        families["blocks"].add_metric(worker, s.num_active_blocks)
+        families["requests"].add_metric(worker, s.num_active)
+        families["rate"].add_metric(worker, s.prefill.tokens_per_s)
+        families["indexed"].add_metric(worker, router.index.num_blocks(s.worker_id) + router.approx.num_blocks(s.worker_id))
+        per_model[s.card.model] = per_model.get(s.card.model, 0) + 1
+    for model, count in sorted(per_model.items()):
+        live.add_metric([model], count)
+    yield from families.values()
+    yield live

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 
@@ -21,6 +22,27 @@ from workers.mocker.worker import MockerEngine
 from workers.runtime import RuntimeConfig, WorkerRuntime, serve
 
 FAST_MOCKER = MockerConfig(speedup_ratio=float("inf"))
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children, read from /proc (field 4 of /proc/PID/stat is the parent pid)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def is_gone(pid: int) -> bool:
+    """The process exited (a zombie waiting for its reaper counts as gone)."""
+    try:
+        return "zombie" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 
@@ -81,10 +82,24 @@ def _traffic(url: str) -> None:
     assert _post(f"{url}/v1/completions", {"model": "mocker", "prompt": "x", "max_tokens": 0}) == 400
 
 
+def _scrape(url: str) -> list:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        return list(text_string_to_metric_families(response.read().decode()))
+
+
+def _stored_events(families: list) -> float:
+    return sum(s.value for f in families for s in f.samples
+               if s.name == "dynamo_component_kv_cache_events_applied" and s.labels["event_type"] == "stored")
+
+
 def test_every_metric_the_dashboard_queries_is_exported_by_a_running_mesh(mesh_up):
     _traffic(mesh_up.url)
-    with urllib.request.urlopen(f"{mesh_up.url}/metrics", timeout=10) as response:
-        families = list(text_string_to_metric_families(response.read().decode()))
+    deadline = time.monotonic() + 10
+    families = _scrape(mesh_up.url)
+    # `up` runs several frontend processes; the one answering may apply the KV events a moment after another replied
+    while not _stored_events(families) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        families = _scrape(mesh_up.url)
     kinds = {f.name: f.type for f in families}
     samples: dict[str, float] = {}  # sample name -> sum over label sets
     for sample in (s for f in families for s in f.samples):
@@ -95,9 +110,7 @@ def test_every_metric_the_dashboard_queries_is_exported_by_a_running_mesh(mesh_u
     assert not missing, f"dashboard queries metrics the mesh does not export: {missing}"
     statuses = {s.labels["status"] for f in families for s in f.samples if s.name == "dynamo_frontend_requests_total"}
     assert "200" in statuses and {"404", "400"} <= statuses  # the errors are counted too
-    stored = [s.value for f in families for s in f.samples
-              if s.name == "dynamo_component_kv_cache_events_applied" and s.labels["event_type"] == "stored"]
-    assert sum(stored) > 0 and samples["dynamo_frontend_time_to_first_token_seconds_count"] > 0
+    assert _stored_events(families) > 0 and samples["dynamo_frontend_time_to_first_token_seconds_count"] > 0
 
 
 healthcheck = import_deploy_module("healthcheck.py")

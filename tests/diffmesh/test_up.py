@@ -17,29 +17,17 @@ import pytest
 from PIL import Image
 
 from shell.bus import free_port
+from tests.meshkit import child_pids, is_gone
 
 pytestmark = pytest.mark.slow
 START_TIMEOUT_S = 240.0
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children, read from /proc (field 4 of /proc/PID/stat is the parent pid)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def test_up_serves_mocker_dllm_and_image_then_stops_cleanly_on_ctrl_c(tmp_path):
     port = free_port()
     env = {**os.environ, "HOME": str(tmp_path)}  # first run: the tiny models are built here
     command = [str(Path(sys.executable).parent / "diffmesh"), "--log-format", "json", "up", "--host", "127.0.0.1",
-               "--port", str(port), "--nats-port", str(free_port())]
+               "--port", str(port), "--nats-port", str(free_port()), "--workers", "2"]
     log_path = tmp_path / "up.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -51,8 +39,8 @@ def test_up_serves_mocker_dllm_and_image_then_stops_cleanly_on_ctrl_c(tmp_path):
             time.sleep(0.2)
         text = log_path.read_text()
         assert re.search(rf"HTTP http://127\.0\.0\.1:{port}\s+NATS nats://", text) and "curl http://" in text
-        children = _children(process.pid)
-        assert len(children) == 4  # nats-server and three workers
+        children = child_pids(process.pid)
+        assert len(children) == 5  # nats-server, three workers and a second frontend process
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
         models = {m.id for m in client.models.list().data}
         assert models == {"mocker", "tiny-dllm", "tiny-sd"}
@@ -70,5 +58,4 @@ def test_up_serves_mocker_dllm_and_image_then_stops_cleanly_on_ctrl_c(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
             raise
     assert code == 0, log_path.read_text()[-3000:]
-    for pid in children:
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert all(is_gone(pid) for pid in children)
