@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import aclosing
 
 import msgspec
 from aiohttp import web
@@ -126,16 +127,17 @@ async def _stream(request: web.Request, state: AppState, ds: list[Dispatched], p
     try:
         if plan.echo:
             await response.write(b"".join(fmt.event(c, plan.prompts[c.prompt_index].text) for c in plan.choices))
-        async for i, reply in merged_replies(ds):
-            choice = plan.choices[i]
-            await response.write(_events(fmt, choice, reply))
-            if isinstance(reply, Chunk) and reply.text:
-                now = time.monotonic()
-                if i in last:
-                    itl.observe((now - last[i]) / max(len(reply.token_ids) // 4, 1))
-                last[i] = now
-            elif isinstance(reply, Final):
-                results.append(ChoiceResult(choice, "", reply.finish_reason, reply.usage))
+        async with aclosing(merged_replies(ds)) as replies:  # closed at once: its pumps stop with the response
+            async for i, reply in replies:
+                choice = plan.choices[i]
+                await response.write(_events(fmt, choice, reply))
+                if isinstance(reply, Chunk) and reply.text:
+                    now = time.monotonic()
+                    if i in last:
+                        itl.observe((now - last[i]) / max(len(reply.token_ids) // 4, 1))
+                    last[i] = now
+                elif isinstance(reply, Final):
+                    results.append(ChoiceResult(choice, "", reply.finish_reason, reply.usage))
     except MeshError as exc:  # headers are out: report in-band, as OpenAI clients expect
         await response.write(b"data: " + envelope(exc) + b"\n\n")
         return response
