@@ -32,7 +32,7 @@ async def main(args: argparse.Namespace) -> None:
     sse_events = [e + b"\n\n" for e in open(args.sse_body, "rb").read().split(b"\n\n") if e]
     runner = web.AppRunner(build_app(json_body, sse_events), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", args.port).start()
+    await web.TCPSite(runner, "127.0.0.1", args.port, reuse_port=True).start()  # several processes share the port
     print("ready", flush=True)
     await asyncio.Event().wait()
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -21,11 +20,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench_bus import ROOT, _body, _post, _spawn, _wait_http, wrk
+from bench_bus import ROOT, _body, _post, _spawn, _wait_http, cpu_seconds, wrk
 
 from shell.bus import EmbeddedNats, free_port
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SAMPLE_RATE = 250  # samples/s per process
 SKIP_SELF = ("<module>", "run_forever", "run (", "until_signal", "run_until_signal", "main (", "_run_once")
 
@@ -37,15 +35,9 @@ def py_spy() -> str:
     return str(path)
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads) from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def record(pid: int, seconds: float, out: str) -> subprocess.Popen:
     return subprocess.Popen([py_spy(), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate",
-                             str(SAMPLE_RATE), "--format", "raw", "--nolineno", "--nonblocking", "--output", out],
+                             str(SAMPLE_RATE), "--format", "raw", "--nolineno", "--output", out],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -83,10 +75,10 @@ def profile_mesh(args: argparse.Namespace, case: str, tmp: str) -> dict:
         _post(f"{url}/v1/chat/completions", body)
         wrk(f"{url}/v1/chat/completions", body, args.connections, 1)  # warm-up
         pids = {name: proc.pid for name, proc in procs.items()} | {"nats-server": server.process.pid}
-        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        before = {name: cpu_seconds([pid]) for name, pid in pids.items()}
         spies = {name: record(procs[name].pid, args.duration, f"{tmp}/{case}-{name}.txt") for name in procs}
         result = wrk(f"{url}/v1/chat/completions", body, args.connections, args.duration)
-        after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        after = {name: cpu_seconds([pid]) for name, pid in pids.items()}
         for spy in spies.values():
             spy.wait()
         num_requests = result["rps"] * args.duration
@@ -169,7 +161,8 @@ def main() -> None:
     parser.add_argument("--case", action="append", choices=["json", "sse", "router"], help="default: all three")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--blocks", type=int, default=1_000_000, help="indexed blocks for the router case")
-    parser.add_argument("--frontend-args", nargs=argparse.REMAINDER, default=[], help="extra `diffmesh frontend` flags")
+    parser.add_argument("--frontend-args", nargs=argparse.REMAINDER, default=["--workers", "1"],
+                        help="`diffmesh frontend` flags (default: --workers 1, one process to sample)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--router-loop", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -45,9 +47,23 @@ class Dispatched:
     first: Reply | None  # first reply that is not an Ack
 
 
+class _IdSource:
+    """Ids unique across processes without a syscall each (uuid4 reads os.urandom): a random base and a counter."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.base, self.counter = secrets.token_hex(6), itertools.count()
+
+
+_IDS = _IdSource()
+os.register_at_fork(after_in_child=_IDS.reset)  # a forked child must not repeat its parent's ids
+
+
 def new_request_id(prefix: str) -> str:
     """Unique bus id; `prefix` may be a client's x-request-id, kept for log correlation."""
-    return f"{prefix[:40]}-{uuid.uuid4().hex[:16]}"
+    return f"{prefix[:40]}-{_IDS.base}{next(_IDS.counter):x}"
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import aclosing
 
@@ -25,6 +26,9 @@ from shell.logs import request_id_var
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = b"data: [DONE]\n\n"
+# Tokenizing costs ~0.25 µs a character here and a thread hand-off ~40 µs of CPU (bench notes in the README): from
+# 1 KiB of body the loop is freed for ~250 µs at ~15% extra cost (tokenizers releases the GIL while it encodes).
+PLAN_IN_THREAD_BYTES = 1024
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -50,12 +54,19 @@ async def _handle(request: web.Request, kind: str) -> web.StreamResponse:
         if kind not in entry.card.kinds:
             raise InvalidRequest(f"model {req.model!r} does not serve {kind}", param="$.model")
         (check_chat if kind == "chat" else check_completion)(req, entry.card)
-        plan = build_plan(req, entry, kind, new_request_id(request_id_var.get() or "cmpl"))
+        plan = await _plan(req, entry, kind, new_request_id(request_id_var.get() or "cmpl"), len(body))
     except MeshError as exc:
         response = error_response(exc)
         state.metrics.model(model).request_done(endpoint, "unary", str(response.status))
         return response
     return await _serve(request, state, req, entry, plan, kind)
+
+
+async def _plan(req, entry: ModelEntry, kind: str, request_id: str, body_bytes: int) -> Plan:
+    """Template and tokenize on the event loop, or in a thread for a body big enough that the hand-off pays."""
+    if body_bytes < PLAN_IN_THREAD_BYTES:
+        return build_plan(req, entry, kind, request_id)
+    return await asyncio.get_running_loop().run_in_executor(None, build_plan, req, entry, kind, request_id)
 
 
 async def _serve(request: web.Request, state: AppState, req: ChatCompletionRequest | CompletionRequest, entry: ModelEntry,

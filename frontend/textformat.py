@@ -34,6 +34,10 @@ class _ChoiceState:
     offset: int = 0  # characters of the choice's text so far (completions text_offset)
 
 
+_SLOT = "\x00diffmesh-text\x00"  # stands for the text while a template is built
+_SLOT_JSON = json_encoder.encode(_SLOT)
+
+
 class Formatter:
     """Builds the OpenAI objects of one response (chat or text completion, any number of choices)."""
 
@@ -45,6 +49,7 @@ class Formatter:
         self.service_tier = "default" if service_tier else None  # the only tier there is
         self.obfuscate = obfuscate
         self._states: dict[int, _ChoiceState] = {}
+        self._templates: dict[int, tuple[bytes, bytes]] = {}  # choice index -> plain text event around its text
 
     def _state(self, choice: Choice) -> _ChoiceState:
         state = self._states.get(choice.index)
@@ -58,6 +63,22 @@ class Formatter:
         """One SSE event of one choice; `index` overrides the choice's own (best_of renumbers)."""
         state = self._state(choice)
         index = choice.index if index is None else index
+        if finish_reason is None and not self.obfuscate and not self._has(logprobs) and (state.sent_role or self.kind != "chat"):
+            if self.kind != "chat" and state.texts is None:
+                state.offset += len(text)
+            prefix, suffix = self._templates.get(index) or self._template(index)
+            return prefix + json_encoder.encode(text) + suffix  # the bytes _chunk + _sse make, without the objects
+        return self._sse(self._chunk(state, index, text, token_ids, logprobs, finish_reason))
+
+    def _template(self, index: int) -> tuple[bytes, bytes]:
+        """A plain text event of choice `index` as the bytes before and after its JSON-encoded text."""
+        event = self._sse(self._chunk(_ChoiceState(None, sent_role=True), index, _SLOT, b"", None, None))
+        prefix, suffix = event.split(_SLOT_JSON)  # _SLOT cannot occur elsewhere: ids and model names are plain
+        self._templates[index] = prefix, suffix
+        return prefix, suffix
+
+    def _chunk(self, state: _ChoiceState, index: int, text: str, token_ids: bytes, logprobs: TokenLogprobs | None,
+               finish_reason: str | None):
         if self.kind == "chat":
             delta = Delta(content=text if text or not finish_reason else None)
             if not state.sent_role:
@@ -75,7 +96,7 @@ class Formatter:
                 state.offset += len(text)
             obj = Completion(id=self.id, created=self.created, model=self.model,
                              choices=[CompletionChoice(index=index, text=text, finish_reason=finish_reason, logprobs=lp)])
-        return self._sse(obj)
+        return obj
 
     def _has(self, logprobs: TokenLogprobs | None) -> bool:
         return self.plan.num_top is not None and logprobs is not None

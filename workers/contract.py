@@ -18,19 +18,20 @@ class RequestContext:
         self.request_id = request_id
         self.worker_id = worker_id
         self.deadline = deadline  # time.monotonic() seconds
-        self._flag = threading.Event()
-        self._event = asyncio.Event()
+        self._cancelled = False  # set on the loop thread only; engine threads read it (a bool read is atomic)
+        self._event: asyncio.Event | None = None  # made on the first wait: most requests are never waited on
         self._callbacks: list = []
 
     def is_cancelled(self) -> bool:
-        return self._flag.is_set()
+        return self._cancelled
 
     def cancel(self) -> None:
         """Called on the event loop thread (control message, drain)."""
-        if self._flag.is_set():
+        if self._cancelled:
             return
-        self._flag.set()
-        self._event.set()
+        self._cancelled = True
+        if self._event is not None:
+            self._event.set()
         for callback in self._callbacks:
             callback()
 
@@ -39,6 +40,10 @@ class RequestContext:
         self._callbacks.append(callback)
 
     async def wait_cancelled(self) -> None:
+        if self._cancelled:
+            return
+        if self._event is None:
+            self._event = asyncio.Event()
         await self._event.wait()
 
 

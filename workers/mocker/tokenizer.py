@@ -53,3 +53,22 @@ def word_token_ids() -> tuple[int, ...]:
     """Ids of whole-word tokens with a leading space ('Ġword'), the mocker's output alphabet."""
     vocab = build_tokenizer().get_vocab()
     return tuple(sorted(i for t, i in vocab.items() if t.startswith("Ġ") and t[1:].isalpha() and len(t) > 2))
+
+
+class TableDecoder:
+    """tokenizer.decode for a byte-level BPE, by table: a token whose bytes are whole UTF-8 decodes alone to the same
+    text it adds to any sequence, so a sequence of such tokens is the join of their texts. Sequences with any other
+    token (cut multi-byte characters) go to the tokenizer. Streams decode a short window per token (TextStream):
+    the join costs a fraction of the tokenizer call."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._decode = tokenizer.decode
+        size = tokenizer.get_vocab_size(with_added_tokens=True)
+        texts = [tokenizer.decode([i]) for i in range(size)]
+        self._texts = {i: text for i, text in enumerate(texts) if "\ufffd" not in text}
+
+    def __call__(self, ids) -> str:
+        try:
+            return "".join(map(self._texts.__getitem__, ids))
+        except KeyError:
+            return self._decode(ids)

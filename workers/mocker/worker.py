@@ -12,7 +12,7 @@ from protocol.events import ModelCard
 from protocol.kv import sequence_block_hashes, tokens_from_bytes, tokens_to_bytes
 from protocol.work import Chunk, Final, GenerateRequest, Usage
 from workers.mocker.engine import MockerConfig, MockerScheduler, MockSequence, simulated_seconds, token_seed
-from workers.mocker.tokenizer import BOS, CHAT_TEMPLATE, EOS, build_tokenizer, word_token_ids
+from workers.mocker.tokenizer import BOS, CHAT_TEMPLATE, EOS, TableDecoder, build_tokenizer, word_token_ids
 from workers.runtime import KvEventSink, RequestContext
 from workers.logprobs import LogprobBuffer
 from workers.textstream import TextStream
@@ -34,6 +34,7 @@ class MockerEngine:
         self.config = config
         self.default_max_tokens = default_max_tokens
         self.tokenizer = build_tokenizer()
+        self.decode = TableDecoder(self.tokenizer)  # what TextStream calls twice per streamed token
         self.scheduler: MockerScheduler | None = None
         self._queues: dict[str, asyncio.Queue] = {}
         self._wake = asyncio.Event()
@@ -121,7 +122,7 @@ class MockerEngine:
         ctx.on_cancel(lambda: queue.put_nowait(_CANCEL))
         self.scheduler.add(seq)
         self._wake.set()
-        stream = TextStream(self.tokenizer.decode, request.sampling.stop)
+        stream = TextStream(self.decode, request.sampling.stop)
         logprobs = _Logprobs(self.scheduler.distribution, seq.token_seed, request.sampling.logprobs)
         finish_reason = "length"
         held: list[str] = []  # non-streaming requests get everything in the Final
