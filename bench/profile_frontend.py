@@ -94,14 +94,15 @@ def profile_mesh(args: argparse.Namespace, case: str, tmp: str) -> dict:
 
 
 def profile_router(args: argparse.Namespace, tmp: str) -> dict:
+    """Samples the decision loop only: py-spy attaches once the child has built its index."""
     out_path = f"{tmp}/router.txt"
-    loop = [sys.executable, str(Path(__file__).resolve()), "--router-loop", str(args.duration), "--blocks",
-            str(args.blocks)]
-    spy = subprocess.Popen([py_spy(), "record", "--rate", str(SAMPLE_RATE), "--format", "raw", "--nolineno",
-                            "--output", out_path, "--", *loop], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                           text=True)
-    stdout, _ = spy.communicate()
-    stats = json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])  # py-spy prints too
+    loop = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--router-loop", str(args.duration),
+                             "--blocks", str(args.blocks)], stdout=subprocess.PIPE, text=True)
+    assert loop.stdout.readline().strip() == "ready"
+    spy = record(loop.pid, args.duration, out_path)
+    stats = json.loads(loop.stdout.readline())
+    loop.wait()
+    spy.wait()
     return {"case": "router", **stats, "profiles": {"router": summarize(out_path, args.top)}}
 
 
@@ -126,6 +127,7 @@ def router_loop(seconds: float, num_blocks: int) -> None:
     for data, _ in br.build_events(num_blocks, rng, prefixes, 16):
         router.on_kv_events(br.event_decoder.decode(data))
     requests = [br.prompt(rng, prefixes).tobytes() for _ in range(1000)]
+    print("ready", flush=True)
     deadline, n = time.monotonic() + seconds, 0
     start_cpu = time.thread_time()
     while time.monotonic() < deadline:
@@ -134,7 +136,7 @@ def router_loop(seconds: float, num_blocks: int) -> None:
         router.on_finish(request.request_id)
         n += 1
     print(json.dumps({"decisions": n, "cpu_us_per_decision_and_finish": (time.thread_time() - start_cpu) / n * 1e6,
-                      "indexed_blocks": router.index.num_entries}))
+                      "indexed_blocks": router.index.num_entries}), flush=True)
 
 
 def print_tables(results: list[dict]) -> None:

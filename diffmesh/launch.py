@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib.util
 import os
 import signal
@@ -109,6 +110,8 @@ def up(args: argparse.Namespace) -> int:
     server = EmbeddedNats(port=args.nats_port).start()
     media_dir = args.media_dir or tempfile.mkdtemp(prefix="diffmesh-media-")
     config = frontend_config(args, nats=NatsConfig(url=server.url), media_dir=media_dir)
+    if not config.workers:  # the workers and nats-server run on these cores too: half of them for HTTP
+        config = dataclasses.replace(config, workers=max(1, len(os.sched_getaffinity(0)) // 2))
     commands = _worker_commands(args, server.url)
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     files_url = f"http://{host}:{config.port}/v1/files"

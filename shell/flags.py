@@ -50,7 +50,7 @@ def add_frontend_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-timeout", type=float, dest="request_timeout_s", help="seconds per request")
     parser.add_argument("--max-body-bytes", type=int)
     parser.add_argument("--workers", type=int, help="HTTP frontend processes sharing the port, each with its own NATS "
-                        "connection and synced router (env DIFFMESH_WORKERS; default one per core)")
+                        "connection and synced router (env DIFFMESH_WORKERS; default one per core, half of them for up)")
 
 
 def frontend_config(args: argparse.Namespace, **overrides) -> FrontendConfig:

@@ -36,7 +36,7 @@ class MockerEngine:
         self.tokenizer = build_tokenizer()
         self.decode = TableDecoder(self.tokenizer)  # what TextStream calls twice per streamed token
         self.scheduler: MockerScheduler | None = None
-        self._queues: dict[str, asyncio.Queue] = {}
+        self._queues: dict[str, _Mailbox] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -102,7 +102,7 @@ class MockerEngine:
     def _put(self, request_id: str, item) -> None:
         queue = self._queues.get(request_id)
         if queue is not None:
-            queue.put_nowait(item)
+            queue.put(item)
 
     def _sequence(self, request: GenerateRequest) -> MockSequence:
         prompt = tokens_from_bytes(request.token_ids)
@@ -117,9 +117,9 @@ class MockerEngine:
 
     async def generate(self, request: GenerateRequest, ctx: RequestContext):
         seq = self._sequence(request)
-        queue: asyncio.Queue = asyncio.Queue()
+        queue = _Mailbox()
         self._queues[request.request_id] = queue
-        ctx.on_cancel(lambda: queue.put_nowait(_CANCEL))
+        ctx.on_cancel(lambda: queue.put(_CANCEL))
         self.scheduler.add(seq)
         self._wake.set()
         stream = TextStream(self.decode, request.sampling.stop)
@@ -128,9 +128,7 @@ class MockerEngine:
         held: list[str] = []  # non-streaming requests get everything in the Final
         try:
             while finish_reason == "length":
-                items = [await queue.get()]
-                while not queue.empty():
-                    items.append(queue.get_nowait())
+                items = await queue.take_all()
                 ids = [i for i in items if isinstance(i, int)]
                 # streams get one piece per token (one SSE event each); a whole answer is decoded in one go
                 pieces = [p for p in (stream.push([i]) for i in ids) if p] if request.stream else [stream.push(ids)]
@@ -153,6 +151,33 @@ class MockerEngine:
         usage = Usage(prompt_tokens=seq.prompt_len, completion_tokens=len(stream.ids), cached_tokens=seq.cached_tokens)
         yield Final(request_id=request.request_id, seq=0, text="".join(held) + stream.flush(), finish_reason=finish_reason,
                     token_ids=tokens_to_bytes(logprobs.ids), logprobs=logprobs.take(), usage=usage)
+
+
+class _Mailbox:
+    """What the engine loop delivered to one request, taken all at once; an asyncio.Queue costs more per request
+    (it makes an Event and a loop lookup) and its one-at-a-time get is not what generate() wants."""
+
+    __slots__ = ("items", "_waiter")
+
+    def __init__(self) -> None:
+        self.items: list = []
+        self._waiter: asyncio.Future | None = None
+
+    def put(self, item) -> None:
+        self.items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take_all(self) -> list:
+        while not self.items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items, self.items = self.items, []
+        return items
 
 
 class _Logprobs:
