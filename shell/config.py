@@ -66,8 +66,20 @@ class RuntimeConfig:
     worker_id: str | None = None  # None = "<component>-<random hex>"
     heartbeat_s: float = 1.0
     load_interval_s: float = 0.25  # load reports at most this often, when load changed
-    drain_timeout_s: float = 30.0
+    drain_timeout_s: float = field(default=30.0, metadata={"env": "DRAIN_TIMEOUT"})  # SIGTERM: in-flight work gets this long
+    nats_give_up_after_s: float | None = field(default=None, metadata={"env": "NATS_GIVE_UP_AFTER"})  # None = retry forever
+    health_host: str = "0.0.0.0"
+    health_port: int | None = None  # None = no HTTP health endpoint
     js_replicas: int = 1  # replica count of the registry buckets (3 on a 3-node NATS cluster)
+
+    def __post_init__(self) -> None:
+        if not self.drain_timeout_s >= 0:
+            raise ConfigError(f"drain_timeout_s={self.drain_timeout_s} (--drain-timeout, DIFFMESH_DRAIN_TIMEOUT) must be >= 0")
+        if self.nats_give_up_after_s is not None and not self.nats_give_up_after_s > 0:
+            raise ConfigError(f"nats_give_up_after_s={self.nats_give_up_after_s} (--nats-give-up-after, "
+                              "DIFFMESH_NATS_GIVE_UP_AFTER) must be > 0")
+        if self.health_port is not None and not 0 <= self.health_port < 65536:
+            raise ConfigError(f"health_port={self.health_port} (--health-port, DIFFMESH_HEALTH_PORT) is not a port")
 
 
 ENV_PREFIX = "DIFFMESH_"
@@ -101,7 +113,7 @@ def from_env(cls, env: dict[str, str] | None = None, prefix: str = ENV_PREFIX, *
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
             continue
-        key = prefix + f.name.upper()
+        key = prefix + f.metadata.get("env", f.name.upper())
         if key in env and env[key] != "":  # an empty variable means "unset" (compose cannot unset one)
             values[f.name] = _coerce(key, env[key], _field_kind(f))
     values.update({k: v for k, v in overrides.items() if v is not None})

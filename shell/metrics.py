@@ -122,3 +122,12 @@ class RouterMetrics:
             self.prefill_rate.labels(s.worker_id).set(s.prefill.tokens_per_s)
             self.indexed_blocks.labels(s.worker_id).set(router.index.num_blocks(s.worker_id)
                                                         + router.approx.num_blocks(s.worker_id))
+
+
+class SupervisorMetrics:
+    """Restarts of the child processes a supervisor keeps running (`diffmesh up` puts these on the frontend's /metrics)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.restarts = Counter("diffmesh_process_restarts", "Child processes restarted after exiting on their own, "
+                                "by child (e.g. mocker-0) and exit reason (e.g. 'killed by SIGKILL', 'exit 1')",
+                                ["process", "reason"], registry=registry)
