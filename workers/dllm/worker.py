@@ -14,7 +14,7 @@ from protocol.events import ModelCard
 from protocol.kv import tokens_from_bytes, tokens_to_bytes
 from protocol.work import Chunk, Final, GenerateRequest, WorkRequest
 from workers.contract import KvEventSink, RequestContext
-from shell.config import MODEL_CACHE_DIR, from_env
+from shell.config import MODEL_CACHE_DIR, ConfigError, from_env
 from workers.dllm.config import DllmConfig
 
 DEFAULT_MODEL_NAME = "tiny-dllm"  # served name of the tiny default model `diffmesh up` builds
@@ -171,6 +171,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_engine(args: argparse.Namespace) -> DllmWorker:
     """Load the model named by the flags (building the tiny default on first run) and wrap it for the bus."""
+    model = args.model or os.environ.get(ENV_PREFIX + "MODEL")
+    if model and model.startswith((".", "/", "~")) and not Path(model).expanduser().is_dir():
+        raise ConfigError(f"--model {model!r} (or {ENV_PREFIX}MODEL): no such directory")  # before torch loads
     import torch
 
     from workers.dllm.engine import DllmEngine
