@@ -25,6 +25,7 @@ from shell.supervise import ChildSpec, RestartPolicy, Supervisor
 
 UP_WAIT_S = 300.0  # first run builds the tiny models
 CHILD_STOP_GRACE_S = 10.0  # `up` SIGKILLs a worker still running drain timeout + this after its SIGTERM
+SHUTDOWN_WATCHDOG_S = 90.0  # a frontend (in-flight HTTP: aiohttp waits up to 60 s) or router is gone this long after SIGTERM
 UP_EXIT_GRACE_S = 90.0  # `up` is gone drain timeout + this after a SIGTERM, whatever hangs (frontend, nats)
 NOT_INHERITED = ("DIFFMESH_HEALTH_PORT", "DIFFMESH_WORKER_ID")  # one per process: `up`'s workers would collide
 WORKER_KINDS = {"mocker": workers.mocker, "dllm": workers.dllm, "image": workers.image}  # each: add_arguments, serve, REQUIRES
@@ -44,7 +45,7 @@ def frontend(args: argparse.Namespace, config: FrontendConfig) -> int:
         print(config)
         return 0
     tune_gc()
-    run_until_signal(lambda stop: component.serve(config, stop=stop))
+    run_until_signal(lambda stop: component.serve(config, stop=stop), hard_exit_after_s=SHUTDOWN_WATCHDOG_S)
     return EXIT_OK
 
 
@@ -81,7 +82,7 @@ def router(args: argparse.Namespace, config: ServiceConfig) -> int:
         print(f"namespace={config.namespace} nats={config.nats.servers}")
         return 0
     tune_gc()
-    run_until_signal(lambda stop: component.serve(config, stop))
+    run_until_signal(lambda stop: component.serve(config, stop), hard_exit_after_s=SHUTDOWN_WATCHDOG_S)
     return 0
 
 
