@@ -69,7 +69,7 @@ async def _serve_worker(kind, config: RuntimeConfig, args: argparse.Namespace) -
     except (MeshError, OSError) as exc:
         if ready.done():
             raise
-        raise StartupError(f"worker {args.kind} cannot start: {exc}") from exc
+        raise StartupError(f"worker {args.kind} cannot start: {' '.join(str(exc).split())}") from exc  # one line
     return ready.result().exit_code if ready.done() else EXIT_OK
 
 
