@@ -48,6 +48,17 @@ def mm_hash_of(data: bytes) -> int:
     return _xxh3(data)
 
 
+def image_mm_hash(width: int, height: int, rgb: bytes) -> int:
+    """mm_hash of a decoded image: XXH3-64 of u32le(width) ‖ u32le(height) ‖ its RGB pixels, row by row.
+
+    The size is part of it so that equal pixel bytes of different shapes (2x8 vs 8x2) stay different images.
+    """
+    state = xxhash.xxh3_64()
+    state.update(struct.pack("<II", width, height))
+    state.update(rgb)
+    return state.intdigest()
+
+
 def block_mm_hashes(mm_objects: Iterable[MmObject], block_size: int, num_blocks: int) -> dict[int, list[int]]:
     """Map block index -> sorted mm_hashes of the objects overlapping it (full blocks only)."""
     per_block: dict[int, set[int]] = {}
