@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -88,6 +88,13 @@ Event = KvEventBatch | LoadReport | Heartbeat | Goodbye
 ModelKind = Literal["chat", "completions", "images", "embeddings"]
 
 
+class HealthCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """A small request that exercises a model end to end: what a canary or load-balancer probe POSTs."""
+
+    path: str  # e.g. /v1/chat/completions
+    body: dict[str, Any]  # the JSON body
+
+
 class ModelCard(msgspec.Struct, frozen=True, kw_only=True):
     """What a frontend needs to serve a model without its files (stored in the JetStream KV bucket)."""
 
@@ -105,6 +112,11 @@ class ModelCard(msgspec.Struct, frozen=True, kw_only=True):
     eos_token: str | None = None
     defaults: dict[str, float | int | str | bool] = {}  # per-model request defaults (steps, size, ...)
     created: int = 0  # unix seconds
+    image_token: str | None = None  # multimodal LMs: the placeholder text the prompt carries once per image
+    image_token_id: int | None = None  # ... its token id, repeated num_image_tokens times per image
+    num_image_tokens: int = 0  # placeholder tokens (= embedding rows) per image
+    vision_encoder: str | None = None  # served name of the encode model whose embeddings this model takes
+    health_check: HealthCheck | None = None
 
 
 event_encoder = msgspec.msgpack.Encoder()

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from protocol.events import HealthCheck
+
 PositiveInt = Annotated[int, Meta(ge=1)]
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 Seed = Annotated[int, Meta(ge=0, le=2**63 - 1)]
@@ -258,6 +260,9 @@ class ModelInfo(Resp, kw_only=True):
     owned_by: str = "diffmesh"
     kinds: list[str] = []  # diffmesh: chat, completions, images
     workers: int = 0  # diffmesh: live workers serving it
+    input_modalities: list[str] = []  # diffmesh: text, image
+    output_modalities: list[str] = []  # diffmesh: text, image
+    health_check: HealthCheck | None = None  # diffmesh: a request that exercises the model (POST body at path)
 
 
 class ModelList(Resp, kw_only=True):
