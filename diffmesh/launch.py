@@ -13,6 +13,7 @@ import tempfile
 import time
 
 import workers.dllm
+import workers.encode
 import workers.image
 import workers.mocker
 from router.service import ServiceConfig
@@ -22,7 +23,7 @@ from shell.flags import frontend_config
 from shell.process import run, run_until_signal, tune_gc
 
 UP_WAIT_S = 300.0  # first run builds the tiny models
-WORKER_KINDS = {"mocker": workers.mocker, "dllm": workers.dllm, "image": workers.image}  # each: add_arguments, serve, REQUIRES
+WORKER_KINDS = {"mocker": workers.mocker, "dllm": workers.dllm, "image": workers.image, "encode": workers.encode}  # each: add_arguments, serve, REQUIRES
 
 
 def available_kinds() -> dict[str, object]:

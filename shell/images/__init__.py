@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from shell.images.decode import ACCEPTED_FORMATS, DecodedImage, decode_image, parse_data_url, sniff_format
 from shell.images.fetch import AddressPolicy, AddressRefused, GuardedResolver
-from shell.images.loader import DecodedCache, ImageLoader, LoadedImage
+from shell.images.loader import ImageLoader, LoadedImage
 
-__all__ = ["ACCEPTED_FORMATS", "AddressPolicy", "AddressRefused", "DecodedCache", "DecodedImage", "GuardedResolver",
+__all__ = ["ACCEPTED_FORMATS", "AddressPolicy", "AddressRefused", "DecodedImage", "GuardedResolver",
            "ImageLoader", "LoadedImage", "decode_image", "parse_data_url", "sniff_format"]

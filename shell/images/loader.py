@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import aiohttp
@@ -13,6 +12,7 @@ from protocol.errors import InvalidRequest
 from shell.config import MediaConfig
 from shell.images.decode import DecodedImage, decode_image, parse_data_url
 from shell.images.fetch import AddressPolicy, build_session, fetch
+from shell.lru import ByteBudgetLRU
 
 
 @dataclass(frozen=True)
@@ -26,38 +26,6 @@ class LoadedImage:
         return self.decoded.mm_hash
 
 
-class DecodedCache:
-    """LRU of decoded images keyed by XXH3-64 of their encoded bytes, bounded by decoded RGB bytes."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[int, DecodedImage] = OrderedDict()
-        self.num_bytes = 0
-        self.num_hits = 0
-        self.num_misses = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, key: int) -> DecodedImage | None:
-        found = self._items.get(key)
-        if found is None:
-            self.num_misses += 1
-            return None
-        self._items.move_to_end(key)
-        self.num_hits += 1
-        return found
-
-    def put(self, key: int, image: DecodedImage) -> None:
-        if image.nbytes > self.max_bytes or key in self._items:
-            return
-        self._items[key] = image
-        self.num_bytes += image.nbytes
-        while self.num_bytes > self.max_bytes:
-            _, old = self._items.popitem(last=False)
-            self.num_bytes -= old.nbytes
-
-
 class ImageLoader:
     """Loads chat image parts for the frontend and decodes image bytes for encode workers, with one set of limits.
 
@@ -67,7 +35,7 @@ class ImageLoader:
     def __init__(self, config: MediaConfig):
         self.config = config
         self.policy = AddressPolicy.from_allowed(config.allowed_hosts)
-        self.cache = DecodedCache(config.cache_bytes)
+        self.cache = ByteBudgetLRU(config.cache_bytes)  # XXH3-64 of the encoded bytes -> DecodedImage
         self._session: aiohttp.ClientSession | None = None
         self.num_fetches = 0  # http(s) downloads
         self.num_decodes = 0  # images decoded (cache misses)

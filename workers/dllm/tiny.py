@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from workers.modelcache import ensure_built
 
 SPECIAL_TOKENS = [
     "[PAD]",
@@ -36,7 +37,6 @@ CHAT_TEMPLATE = (
     "{{ m['content'] }}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
-BUILT_MARKER = ".diffmesh-built"  # written last: a directory without it is incomplete
 
 
 @dataclass(frozen=True)
@@ -67,22 +67,7 @@ class TinySpec:
 def ensure_tiny_dllm(cache_dir: str | os.PathLike, spec: TinySpec | None = None, **overrides) -> Path:
     """Return the directory of the tiny dLLM under `cache_dir`, building it on first use (idempotent)."""
     spec = spec or TinySpec(**overrides)
-    target = Path(cache_dir) / spec.dirname
-    if (target / BUILT_MARKER).exists():
-        return target
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_dir))
-    try:
-        build_tiny_dllm(staging, spec)
-        (staging / BUILT_MARKER).write_text(spec.dirname + "\n")
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first
-            if not (target / BUILT_MARKER).exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return ensure_built(cache_dir, spec.dirname, lambda staging: build_tiny_dllm(staging, spec))
 
 
 def build_tiny_dllm(directory: Path, spec: TinySpec) -> None:

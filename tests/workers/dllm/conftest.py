@@ -16,12 +16,8 @@ CHAT = [{"role": "user", "content": "hello world what is the red cat"}]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run faster and steadier on one intra-op thread (a shared 2-core VM); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def torch_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
