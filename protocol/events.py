@@ -94,6 +94,21 @@ class HealthCheck(msgspec.Struct, frozen=True, kw_only=True):
     path: str  # e.g. /v1/chat/completions
     body: dict[str, Any]  # the JSON body
 
+    @classmethod
+    def chat(cls, model: str, image_url: str | None = None) -> HealthCheck:
+        """A one-token chat; with `image_url`, the message carries that image too (multimodal models)."""
+        content: str | list = "ping"
+        if image_url is not None:
+            content = [{"type": "text", "text": "ping"}, {"type": "image_url", "image_url": {"url": image_url}}]
+        body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 1}
+        return cls(path="/v1/chat/completions", body=body)
+
+    @classmethod
+    def images(cls, model: str, size: str) -> HealthCheck:
+        """One image at the model's default size with a single denoising step."""
+        body = {"model": model, "prompt": "health check", "n": 1, "size": size, "nvext": {"num_inference_steps": 1}}
+        return cls(path="/v1/images/generations", body=body)
+
 
 class ModelCard(msgspec.Struct, frozen=True, kw_only=True):
     """What a frontend needs to serve a model without its files (stored in the JetStream KV bucket)."""

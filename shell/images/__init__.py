@@ -6,9 +6,11 @@ time limits, redirects re-checked), `loader` (ImageLoader: both behind one call,
 
 from __future__ import annotations
 
-from shell.images.decode import ACCEPTED_FORMATS, DecodedImage, decode_image, parse_data_url, sniff_format
+from shell.images.decode import (ACCEPTED_FORMATS, DecodedImage, decode_image, parse_data_url, sniff_format,
+                                 solid_png_data_url)
 from shell.images.fetch import AddressPolicy, AddressRefused, GuardedResolver
 from shell.images.loader import ImageLoader, LoadedImage
 
 __all__ = ["ACCEPTED_FORMATS", "AddressPolicy", "AddressRefused", "DecodedImage", "GuardedResolver",
-           "ImageLoader", "LoadedImage", "decode_image", "parse_data_url", "sniff_format"]
+           "ImageLoader", "LoadedImage", "decode_image", "parse_data_url", "sniff_format",
+           "solid_png_data_url"]

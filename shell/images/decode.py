@@ -105,3 +105,10 @@ def _to_rgb(image: Image.Image, fmt: str) -> Image.Image:
         raise InvalidRequest(f"image is too large to decode (decompression bomb): {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise InvalidRequest(f"image data is not a valid {fmt}: {exc}") from None
+
+
+def solid_png_data_url(rgb: tuple[int, int, int] = (255, 255, 255), side: int = 8) -> str:
+    """A small solid-colour PNG as a data: URL (health-check payloads of multimodal models)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), rgb).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -31,6 +31,7 @@ WORDS = (
     "user assistant system hello hi world cat dog red blue green big small good day yes no what how why "
     "one two three time people way water sun moon tree book city road light night house music"
 ).split()
+IMAGE_TOKEN = "<|image|>"  # multimodal tiny models: the placeholder a chat prompt carries per image
 CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-:;()")
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
@@ -52,6 +53,7 @@ class TinySpec:
     context_length: int = 2048
     head_scale: float = 1.0  # multiplies lm_head: >1 gives peaked ("confident") logits
     copy_offset: int = 8  # copy model: each position predicts the token this many positions back
+    image_tokens: int = 0  # > 0: multimodal, an <|image|> placeholder taking this many embedding rows per image
     seed: int = 0
 
     @property
@@ -60,7 +62,8 @@ class TinySpec:
         arch = f"copy{self.copy_offset}" if self.arch == "copy" else self.arch
         return (
             f"tiny-dllm-{arch}-{attention}-h{self.hidden_size}-l{self.num_layers}-b{self.block_size}"
-            f"-ctx{self.context_length}-x{self.head_scale:g}-s{self.seed}"
+            f"-ctx{self.context_length}-x{self.head_scale:g}{f'-img{self.image_tokens}' if self.image_tokens else ''}"
+            f"-s{self.seed}"
         )
 
 
@@ -76,7 +79,7 @@ def build_tiny_dllm(directory: Path, spec: TinySpec) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    tokenizer = build_tokenizer(directory)
+    tokenizer = build_tokenizer(directory, (IMAGE_TOKEN,) if spec.image_tokens else ())
     torch.manual_seed(spec.seed)
     model = build_copy_model(spec, tokenizer) if spec.arch == "copy" else _build_model(spec, tokenizer)
     if spec.head_scale != 1.0:
@@ -86,16 +89,17 @@ def build_tiny_dllm(directory: Path, spec: TinySpec) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def build_tokenizer(directory: Path):
+def build_tokenizer(directory: Path, extra_special: tuple[str, ...] = ()):
     """WordPiece tokenizer (BertTokenizer recipe) with a Llama-3-style chat template, saved and reloaded."""
     from transformers import AutoTokenizer, BertTokenizer
 
     with tempfile.TemporaryDirectory() as vocab_dir:
         pieces = ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
-        Path(vocab_dir, "vocab.txt").write_text("\n".join(SPECIAL_TOKENS + WORDS + CHARS + pieces) + "\n")
+        specials = SPECIAL_TOKENS + list(extra_special)
+        Path(vocab_dir, "vocab.txt").write_text("\n".join(specials + WORDS + CHARS + pieces) + "\n")
         tokenizer = BertTokenizer.from_pretrained(
             vocab_dir,
-            additional_special_tokens=SPECIAL_TOKENS[5:],
+            additional_special_tokens=specials[5:],
             eos_token="<|endoftext|>",
             bos_token="[CLS]",
         )
@@ -111,6 +115,8 @@ def _build_model(spec: TinySpec, tokenizer):
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
+    if spec.image_tokens:  # LLaVA's config names: the placeholder id and the embedding rows per image
+        dllm_fields |= {"image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), "image_seq_length": spec.image_tokens}
     if spec.arch == "bert":
         from transformers import BertConfig, BertForMaskedLM
 

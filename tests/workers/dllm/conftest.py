@@ -76,7 +76,7 @@ class FixedLogitsDenoiser:
         self.num_forwards = 0
         self._logits_at = logits_at
 
-    def forward(self, input_ids, position_ids, attention_mask, past, num_logits, keep_kv):
+    def forward(self, input_ids, position_ids, attention_mask, past, num_logits, keep_kv, embeds=None):
         self.num_forwards += 1
         return self._logits_at(position_ids[:, -num_logits:]), None
 
