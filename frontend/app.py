@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import msgspec
 import nats
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,8 +19,10 @@ from frontend.state import STATE, AppState, new_request_id
 from protocol.errors import MeshError, NotFound, Unauthorized
 from protocol.openai import ModelInfo, ModelList, json_encoder
 from router.service import build_router_service
+from shell.blobs import BlobStore
 from shell.bus import connect
 from shell.config import FrontendConfig
+from shell.images import ImageLoader
 from shell.logs import request_id_from_headers, request_id_var
 from shell.metrics import FrontendMetrics
 
@@ -79,12 +82,25 @@ def auth_middleware(api_key: str | None):
 
 
 async def list_models(request: web.Request) -> web.Response:
+    """Models clients can call (encode workers serve language models, not clients), with modalities and a probe."""
     state = request.app[STATE]
     data = []
     for name, workers in sorted(state.registry.live_models().items()):
-        kinds = {"image": ["images"], "encode": ["embeddings"]}.get(workers[0].component, ["chat", "completions"])
-        data.append(ModelInfo(id=name, created=int(min(w.started_at for w in workers)), kinds=kinds, workers=len(workers)))
+        if workers[0].component == "encode":
+            continue
+        data.append(await _model_info(state, name, workers))
     return web.Response(body=json_encoder.encode(ModelList(data=data)), content_type="application/json")
+
+
+async def _model_info(state: AppState, name: str, workers) -> ModelInfo:
+    kinds = {"image": ["images"]}.get(workers[0].component, ["chat", "completions"])
+    info = ModelInfo(id=name, created=int(min(w.started_at for w in workers)), kinds=kinds, workers=len(workers))
+    try:
+        card = (await state.registry.get(name)).card
+    except MeshError:  # live but not registered yet (or gone since): list it without card details
+        return info
+    return msgspec.structs.replace(info, kinds=list(card.kinds), input_modalities=list(card.input_modalities),
+                                   output_modalities=list(card.output_modalities), health_check=card.health_check)
 
 
 async def live(request: web.Request) -> web.Response:
@@ -152,11 +168,14 @@ def _bus_context(config: FrontendConfig):
         await requester.start()
         await router_service.start()
         metrics = FrontendMetrics()
+        media = ImageLoader(config.media)
         app[NC] = nc
-        app[STATE] = AppState(config, requester, router_service, registry, metrics)
+        app[STATE] = AppState(config, requester, router_service, registry, metrics, media,
+                              BlobStore(nc, config.namespace, config.max_inline_bytes))
         yield
         await router_service.stop()
         await requester.stop()
+        await media.close()
         await nc.drain()
 
     return context

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import msgspec
 from aiohttp import web
 
+from shell.blobs import BlobStore
 from shell.config import FrontendConfig
+from shell.images import ImageLoader
 from shell.metrics import FrontendMetrics
 from frontend.bus import ReplyStream, Requester
 from frontend.registry import ModelRegistry
@@ -32,6 +34,8 @@ class AppState:
     router: object  # RouterService (embedded) or RemoteRouter: route(), on_first_token(), on_finish()
     registry: ModelRegistry
     metrics: FrontendMetrics
+    media: ImageLoader  # chat image parts
+    blobs: BlobStore  # bytes too large for one bus message
 
 
 STATE: web.AppKey[AppState] = web.AppKey("diffmesh_state", AppState)
@@ -123,11 +127,15 @@ def encode_for(work, bus_id: str) -> bytes:
 
 
 async def serve_request(state: AppState, route: RouteRequest, work, endpoint: str, is_stream: bool,
-                        respond: Callable[[Dispatched], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """One request's lifecycle: dispatch, hand the replies to `respond`, map errors, cancel on disconnect, count."""
+                        respond: Callable[[Dispatched], Awaitable[web.StreamResponse]],
+                        started: float | None = None) -> web.StreamResponse:
+    """One request's lifecycle: dispatch, hand the replies to `respond`, map errors, cancel on disconnect, count.
+
+    `started` (time.monotonic) is when the request's own preparation began (image loading and encoding count too).
+    """
     model = route.model
     metrics = state.metrics.model(model)
-    started = time.monotonic()
+    started = time.monotonic() if started is None else started
     metrics.inflight.inc()
     dispatched: Dispatched | None = None
     status = "200"

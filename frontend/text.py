@@ -10,6 +10,8 @@ from aiohttp import web
 
 from shell.logs import request_id_var
 from frontend.errors import envelope, error_response, from_validation
+from frontend.multimodal import attach_images, delete_blobs
+from frontend.preprocess import ChatPrompt
 from frontend.registry import ModelEntry
 from frontend.state import STATE, AppState, Dispatched, new_request_id, raise_if_error, read_body, serve_request
 from protocol.errors import InvalidRequest, MeshError
@@ -47,17 +49,25 @@ async def _handle(request: web.Request, kind: str) -> web.StreamResponse:
         model = req.model  # a label only once the model is known: client strings must not grow /metrics
         if kind not in entry.card.kinds:
             raise InvalidRequest(f"model {req.model!r} does not serve {kind}", param="$.model")
-        work = _build_work(req, entry, kind, request_id_var.get())
+        started = time.monotonic()
+        prompt = entry.preprocessor.chat_prompt(req.messages) if kind == "chat" else None
+        work = _build_work(req, entry, prompt, request_id_var.get())
+        if prompt is not None and prompt.images:
+            work = await attach_images(state, entry, prompt, work)
     except MeshError as exc:
         response = error_response(exc)
         state.metrics.model(model).request_done(endpoint, "unary", str(response.status))
         return response
-    return await _serve(request, state, req, work, kind)
+    try:
+        return await _serve(request, state, req, work, kind, started)
+    finally:
+        await delete_blobs(state, work)
 
 
-def _build_work(req: ChatCompletionRequest | CompletionRequest, entry: ModelEntry, kind: str, request_id: str | None) -> GenerateRequest:
+def _build_work(req: ChatCompletionRequest | CompletionRequest, entry: ModelEntry, prompt: ChatPrompt | None,
+                request_id: str | None) -> GenerateRequest:
     pre = entry.preprocessor
-    tokens = pre.chat_tokens(req.messages) if kind == "chat" else pre.prompt_tokens(req.prompt)
+    tokens = prompt.tokens if prompt is not None else pre.prompt_tokens(req.prompt)
     limit = entry.card.context_length or 2**31
     requested = getattr(req, "max_completion_tokens", None) or req.max_tokens
     max_tokens = requested or min(int(entry.card.defaults.get("max_tokens", 256)), max(limit - len(tokens), 1))
@@ -112,10 +122,11 @@ def usage_info(usage: Usage) -> UsageInfo:
                      completion_tokens_details=CompletionTokensDetails(forward_passes=usage.forward_passes or None))
 
 
-async def _serve(request: web.Request, state: AppState, req, work: GenerateRequest, kind: str) -> web.StreamResponse:
+async def _serve(request: web.Request, state: AppState, req, work: GenerateRequest, kind: str,
+                 started: float) -> web.StreamResponse:
     model = req.model
     state.metrics.model(model).input_tokens.observe(len(work.token_ids) // 4)
-    route = RouteRequest(request_id=work.request_id, model=model, token_ids=work.token_ids,
+    route = RouteRequest(request_id=work.request_id, model=model, token_ids=work.token_ids, mm_objects=work.mm_objects,
                          worker_id=req.nvext.worker_id if req.nvext else None)
     fmt = _Formatter(kind, work.request_id, model)
 
@@ -126,7 +137,7 @@ async def _serve(request: web.Request, state: AppState, req, work: GenerateReque
         return await _collect(state, dispatched, fmt, model)
 
     endpoint = "chat_completions" if kind == "chat" else "completions"
-    return await serve_request(state, route, work, endpoint, req.stream, respond)
+    return await serve_request(state, route, work, endpoint, req.stream, respond, started)
 
 
 async def _collect(state: AppState, d: Dispatched, fmt: _Formatter, model: str) -> web.Response:

@@ -33,6 +33,16 @@ def encoded(color=(200, 30, 30), size=(16, 16), fmt: str = "PNG", noise: int = 0
     return buffer.getvalue()
 
 
+def noisy(seed: int, size=(32, 32), fmt: str = "PNG") -> bytes:
+    """An image of random pixels: incompressible, so its file is about 3 bytes a pixel."""
+    import numpy as np
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
 def data_url(data: bytes, media_type: str = "image/png") -> str:
     return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
 

@@ -1,11 +1,9 @@
-"""Fixtures shared by the worker kinds: one torch thread, and the tiny CLIP encoder (dLLM tests feed its embeddings)."""
+"""Fixtures shared by the worker kinds: one torch thread (the tiny encoder lives in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-
-from workers.encode.tiny import TinyEncoderSpec, ensure_tiny_encoder
 
 
 @pytest.fixture(scope="module")
@@ -15,9 +13,3 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def clip_dir(tmp_path_factory):
-    """Tiny CLIP vision tower + mlp2x_gelu projector to hidden 64 (the tiny dLLM's): 16 image tokens."""
-    return ensure_tiny_encoder(tmp_path_factory.mktemp("encode-models"), TinyEncoderSpec())

@@ -12,7 +12,7 @@ from protocol.errors import EngineError, InvalidRequest
 from protocol.events import KvStored
 from protocol.kv import MmObject, local_block_hashes, sequence_block_hashes
 from protocol.work import SamplingOptions
-from workers.dllm.tiny import IMAGE_TOKEN, TinySpec, ensure_tiny_dllm
+from workers.dllm.tiny import IMAGE_TOKEN
 from workers.encode.config import EncodeConfig
 from workers.encode.engine import EncodeEngine
 
@@ -21,8 +21,8 @@ SAMPLING = SamplingOptions(max_tokens=16, ignore_eos=True, seed=3)
 
 
 @pytest.fixture(scope="module")
-def mm_dir(model_cache):
-    return ensure_tiny_dllm(model_cache, TinySpec(block_size=BLOCK, context_length=512, image_tokens=16))
+def mm_dir(mm_dllm_dir):
+    return mm_dllm_dir
 
 
 @pytest.fixture(scope="module")
