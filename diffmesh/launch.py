@@ -20,6 +20,7 @@ from router.service import ServiceConfig
 from shell.bus import EmbeddedNats, find_nats_server, server_config_text
 from shell.config import ConfigError, FrontendConfig, NatsConfig, RuntimeConfig
 from shell.flags import frontend_config
+from shell.images import solid_png_data_url
 from shell.process import run, run_until_signal, tune_gc
 
 UP_WAIT_S = 300.0  # first run builds the tiny models
@@ -84,7 +85,8 @@ def _worker_commands(args: argparse.Namespace, nats_url: str) -> list[list[str]]
     common = ["--nats-url", nats_url, "--namespace", args.namespace or "dm"]
     kinds = available_kinds()
     commands = [base + ["mocker", *common, "--speedup-ratio", str(args.mocker_speedup)] for _ in range(args.mocker)]
-    for kind, count in (("dllm", args.dllm), ("image", args.image)):
+    encoders = args.encode if args.encode is not None else (1 if args.dllm else 0)  # the dLLM's images need one
+    for kind, count in (("encode", encoders), ("dllm", args.dllm), ("image", args.image)):
         if count and kind not in kinds:
             print(f"diffmesh up: no {kind} worker in this install (pip install 'diffmesh[ml]'); skipping it", file=sys.stderr)
             continue
@@ -139,9 +141,15 @@ def _examples(url: str, models: list[dict]) -> str:
     lines = []
     chat = next((m["id"] for m in models if "chat" in m["kinds"]), None)
     image = next((m["id"] for m in models if "images" in m["kinds"]), None)
+    vision = next((m["id"] for m in models if "image" in m.get("input_modalities", [])), None)
     if chat:
         lines.append(f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
                      f"    -d '{{\"model\": \"{chat}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'\n")
+    if vision:
+        part = f'{{"type": "image_url", "image_url": {{"url": "{solid_png_data_url((200, 40, 40), 4)}"}}}}'
+        lines.append(f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+                     f"    -d '{{\"model\": \"{vision}\", \"messages\": [{{\"role\": \"user\", \"content\": "
+                     f"[{{\"type\": \"text\", \"text\": \"What colour?\"}}, {part}]}}]}}'\n")
     if image:
         lines.append(f"  curl {url}/v1/images/generations -H 'Content-Type: application/json' \\\n"
                      f"    -d '{{\"model\": \"{image}\", \"prompt\": \"a red cat\", \"response_format\": \"url\"}}'\n")
@@ -149,15 +157,17 @@ def _examples(url: str, models: list[dict]) -> str:
 
 
 async def _wait_models(url: str, expected: int, stop: asyncio.Event) -> list[dict]:
+    """The client-facing models, once `expected` workers are live (/health counts encode workers too)."""
     import aiohttp
 
     deadline = time.monotonic() + UP_WAIT_S
     async with aiohttp.ClientSession() as session:
         while not stop.is_set() and time.monotonic() < deadline:
-            async with session.get(f"{url}/v1/models") as response:
-                data = (await response.json())["data"]
-            if sum(m["workers"] for m in data) >= expected:
-                return data
+            async with session.get(f"{url}/health") as response:
+                live = (await response.json())["models"]
+            if sum(len(workers) for workers in live.values()) >= expected:
+                async with session.get(f"{url}/v1/models") as response:
+                    return (await response.json())["data"]
             await asyncio.sleep(0.2)
     return []
 
