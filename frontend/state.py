@@ -57,10 +57,13 @@ def new_request_id(prefix: str) -> str:
 async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit}")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-    return body
+    chunks, size = [], 0
+    while chunk := await request.content.read(limit + 1 - size):  # read(n) returns what has arrived, up to n
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    return b"".join(chunks)
 
 
 def raise_if_error(reply: Reply) -> Reply:

@@ -215,3 +215,10 @@ def test_placeholders_expand_in_place_with_their_offsets(mm_dllm_dir):
     assert np.flatnonzero(prompt.tokens == image_id).tolist() == [*range(first, first + 16), *range(second, second + 16)]
     rendered = tokenizer.encode(pre.render_chat(two), add_special_tokens=False)
     assert len(prompt.tokens) == len(rendered) + 30
+
+
+async def test_a_large_image_in_a_body_that_arrives_in_many_reads_is_answered(mesh, mm_dllm_dir, clip_dir):
+    client, _, _ = await start(mesh, mm_dllm_dir, clip_dir, media=MediaConfig(max_bytes=4 << 20))
+    image = noisy(7, (400, 400))  # ~480 KB of PNG, ~640 KB of base64: far more than one socket read
+    answer, _ = await chat(client, ask(data_url(image)))
+    assert len(image) > 400_000 and answer.usage.completion_tokens == 8

@@ -10,9 +10,11 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from workers.encode.config import EncodeConfig
+from workers.encode.pixels import pixel_spec, prepare, to_pixels
 from workers.encode.tiny import PROJECTOR_CONFIG, PROJECTOR_WEIGHTS, build_projector
 
 log = logging.getLogger("diffmesh.encode")
@@ -42,6 +44,7 @@ class EncodeEngine:
         vision_class = getattr(transformers, class_name)
         self.tower = vision_class.from_pretrained(config.model, dtype=self.dtype).to(self.device).eval()
         self.processor = transformers.AutoImageProcessor.from_pretrained(config.model)
+        self.pixels = pixel_spec(self.processor)  # None: every image goes through the processor itself
         vision = self.tower.config
         self.num_patches = (vision.image_size // vision.patch_size) ** 2
         self.projector, self.feature_layer = _load_projector(Path(config.model), vision.hidden_size)
@@ -61,10 +64,27 @@ class EncodeEngine:
         """Embedding rows per image (= placeholder tokens the language model reserves)."""
         return self.num_patches
 
-    @torch.inference_mode()
+    def prepare(self, image):
+        """The per-image part of preprocessing (resize, crop), for any thread: a uint8 array, or the image itself."""
+        if self.pixels is not None:
+            prepared = prepare(image, self.pixels)
+            if prepared is not None:
+                return prepared
+        return image
+
     def encode(self, images: list) -> list[torch.Tensor]:
         """One forward over `images` (PIL RGB); returns [num_image_tokens, hidden_size] per image, on the CPU."""
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
+        return self.encode_prepared([self.prepare(image) for image in images])
+
+    @torch.inference_mode()
+    def encode_prepared(self, items: list) -> list[torch.Tensor]:
+        """One forward over `prepare`d images (normalised here as one batch)."""
+        if all(isinstance(item, np.ndarray) for item in items):
+            pixels = to_pixels(items, self.pixels)
+        else:  # some image needed the processor (e.g. a crop larger than the image): each on its own path
+            pixels = torch.cat([to_pixels([item], self.pixels) if isinstance(item, np.ndarray)
+                                else self.processor(images=[item], return_tensors="pt")["pixel_values"] for item in items])
+        pixels = pixels.to(self.device, self.dtype)
         wants_layer = self.feature_layer != -1
         out = self.tower(pixel_values=pixels, output_hidden_states=wants_layer)
         features = out.hidden_states[self.feature_layer] if wants_layer else out.last_hidden_state
@@ -72,7 +92,7 @@ class EncodeEngine:
             features = features[:, 1:]  # CLIP's CLS token; LLaVA feeds the patch tokens only
         embeddings = self.projector(features).cpu()
         self.num_forwards += 1
-        self.num_images += len(images)
+        self.num_images += len(items)
         return list(embeddings.unbind(0))
 
 

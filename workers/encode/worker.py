@@ -18,7 +18,7 @@ from protocol.errors import InvalidRequest
 from protocol.events import ModelCard
 from protocol.work import EmbeddingOutput, EncodeRequest, Final, TensorData, Usage, WorkRequest
 from shell.config import MODEL_CACHE_DIR, MediaConfig, from_env, media_from_env
-from shell.images import ImageLoader
+from shell.images import decode_image
 from shell.lru import ByteBudgetLRU
 from shell.metrics import EncoderMetrics
 from workers.batcher import Batcher
@@ -36,7 +36,7 @@ class EncodeJob:
     num_images = 1
 
     def __init__(self, image, future: asyncio.Future, loop: asyncio.AbstractEventLoop):
-        self.image = image  # PIL RGB
+        self.image = image  # EncodeEngine.prepare()d: resized and cropped
         self.future = future
         self.loop = loop
 
@@ -65,7 +65,7 @@ class EncodeWorker:
         self.engine = engine  # workers.encode.engine.EncodeEngine
         self.config: EncodeConfig = engine.config
         self.cache = ByteBudgetLRU(self.config.cache_bytes)  # mm_hash -> embedding
-        self.loader = ImageLoader(media or MediaConfig())  # decodes with the frontend's allow-list and pixel cap
+        self.media = media or MediaConfig()  # decoding takes the frontend's format allow-list and pixel cap
         self.metrics = metrics or EncoderMetrics()
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="encode")
@@ -139,23 +139,28 @@ class EncodeWorker:
 
     async def _encode(self, request: EncodeRequest, blobs):
         data = await blobs.unpack(request.image, request.image_object) if blobs is not None else request.image
-        decoded = await self.loader.decode(data)
-        if decoded.mm_hash != request.mm_hash:
-            raise InvalidRequest(f"the image's pixels hash to {decoded.mm_hash:#x}, not mm_hash {request.mm_hash:#x}",
-                                 param="$.mm_hash")
+        prepared = await asyncio.to_thread(self._decode_and_prepare, data, request.mm_hash)  # off the encode thread
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.batcher.submit(EncodeJob(decoded.image, future, loop))
+        self.batcher.submit(EncodeJob(prepared, future, loop))
         embedding = await future
         self.metrics.cache_evictions.inc(self.cache.put(request.mm_hash, embedding))
         self._refresh_gauges()
         return embedding
 
+    def _decode_and_prepare(self, data: bytes, mm_hash: int):
+        """Decode with the frontend's checks (shell.images), check the pixels' hash, resize and crop."""
+        decoded = decode_image(data, self.media.max_pixels)
+        if decoded.mm_hash != mm_hash:
+            raise InvalidRequest(f"the image's pixels hash to {decoded.mm_hash:#x}, not mm_hash {mm_hash:#x}",
+                                 param="$.mm_hash")
+        return self.engine.prepare(decoded.image)
+
     def _run_batch(self, jobs: list[EncodeJob]) -> None:
         """On the encode thread: one forward for every queued image."""
         started = time.perf_counter()
         try:
-            embeddings = self.engine.encode([job.image for job in jobs])
+            embeddings = self.engine.encode_prepared([job.image for job in jobs])
         except Exception as exc:
             for job in jobs:
                 job.fail(exc)
