@@ -118,7 +118,10 @@ def check_url(url: URL, config: MediaConfig, policy: AddressPolicy) -> None:
 
 async def fetch(session: aiohttp.ClientSession, url: str, config: MediaConfig, policy: AddressPolicy) -> bytes:
     """GET an image within the time and byte limits, following up to max_redirects redirects, each re-checked."""
-    target = URL(url)
+    try:
+        target = URL(url)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(f"image URL is malformed: {exc}") from None
     try:
         async with asyncio.timeout(config.timeout_s):
             for _ in range(config.max_redirects + 1):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.errors import InvalidRequest
 from protocol.kv import image_mm_hash
@@ -81,3 +83,23 @@ def test_data_url_must_be_a_base64_image():
 def test_sniffing_names_webp_and_svg():
     assert sniff_format(encoded(fmt="WEBP")) == "WEBP"
     assert sniff_format(b"<svg xmlns='http://www.w3.org/2000/svg'/>") == "SVG"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600), st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF\0\0\0\0WEBPVP8 "]))
+def test_any_bytes_decode_or_are_an_invalid_request(data, prefix):
+    try:
+        decoded = decode_image(prefix + data, 1 << 20)
+    except InvalidRequest:
+        return
+    assert decoded.image.mode == "RGB"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=80))
+def test_any_data_url_parses_or_is_an_invalid_request(text):
+    for url in ("data:" + text, "data:image/png;base64," + text):
+        try:
+            parse_data_url(url, 1 << 20)
+        except InvalidRequest:
+            pass

@@ -97,6 +97,8 @@ async def test_http_errors_and_bad_schemes_are_invalid_requests(server):
     assert "must be https" in await refused(MediaConfig(allow_http=False), "http://example.com/a.png")
     unresolvable = MediaConfig(resolver=static_resolver({}))
     assert "could not fetch" in await refused(unresolvable, "http://nowhere.example.com/a.png")
+    for malformed in ("http://[::1/a.png", "http://exa mple.com:99999/a.png", "http:///a.png"):
+        await refused(MediaConfig(), malformed)
 
 
 async def test_decoded_images_are_cached_by_content():
