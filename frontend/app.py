@@ -5,19 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import msgspec
 import nats
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from frontend import images, text
+from frontend import images, models, text
 from frontend.bus import Requester
 from frontend.errors import error_response
 from frontend.openapi import build_openapi
 from frontend.registry import ModelRegistry
 from frontend.state import STATE, AppState, new_request_id
 from protocol.errors import MeshError, NotFound, Unauthorized
-from protocol.openai import ModelInfo, ModelList, json_encoder
 from router.service import build_router_service
 from shell.blobs import BlobStore
 from shell.bus import connect
@@ -81,28 +79,6 @@ def auth_middleware(api_key: str | None):
     return check
 
 
-async def list_models(request: web.Request) -> web.Response:
-    """Models clients can call (encode workers serve language models, not clients), with modalities and a probe."""
-    state = request.app[STATE]
-    data = []
-    for name, workers in sorted(state.registry.live_models().items()):
-        if workers[0].component == "encode":
-            continue
-        data.append(await _model_info(state, name, workers))
-    return web.Response(body=json_encoder.encode(ModelList(data=data)), content_type="application/json")
-
-
-async def _model_info(state: AppState, name: str, workers) -> ModelInfo:
-    kinds = {"image": ["images"]}.get(workers[0].component, ["chat", "completions"])
-    info = ModelInfo(id=name, created=int(min(w.started_at for w in workers)), kinds=kinds, workers=len(workers))
-    try:
-        card = (await state.registry.get(name)).card
-    except MeshError:  # live but not registered yet (or gone since): list it without card details
-        return info
-    return msgspec.structs.replace(info, kinds=list(card.kinds), input_modalities=list(card.input_modalities),
-                                   output_modalities=list(card.output_modalities), health_check=card.health_check)
-
-
 async def live(request: web.Request) -> web.Response:
     return web.json_response({"status": "live"})
 
@@ -146,7 +122,8 @@ def build_app(config: FrontendConfig) -> web.Application:
     app.router.add_post("/v1/chat/completions", text.chat_completions)
     app.router.add_post("/v1/completions", text.completions)
     app.router.add_post("/v1/images/generations", images.generations)
-    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models", models.list_models)
+    app.router.add_get("/v1/models/{model:.+}", models.retrieve_model)
     app.router.add_get("/health", health)
     app.router.add_get("/live", live)
     app.router.add_get("/ready", ready)

@@ -7,31 +7,30 @@ worker that cached its embedding while that worker is not much busier than the o
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
+from collections.abc import Sequence
 
 import msgspec
 import numpy as np
 
-from frontend.preprocess import ChatPrompt
+from frontend.preprocess import ImagePart
 from frontend.registry import ModelEntry
-from frontend.state import AppState, abandon, dispatch, encode_for, raise_if_error, release
-from protocol.errors import EngineError, MeshError, WorkerLost
+from frontend.state import AppState, dispatch, encode_for, first_error, raise_if_error, release
+from protocol.errors import EngineError, WorkerLost
 from protocol.kv import MmObject, tokens_to_bytes
 from protocol.routing import RouteRequest
 from protocol.work import EmbeddingOutput, EncodeRequest, Final, GenerateRequest, TensorData
 from shell.images import LoadedImage
 
 
-async def attach_images(state: AppState, entry: ModelEntry, prompt: ChatPrompt, work: GenerateRequest) -> GenerateRequest:
-    """`work` with the images' mm_objects and embeddings (inline, or blobs when the message would be too big)."""
-    loaded = await first_error([load_image(state, part.url, part.param) for part in prompt.images])
+async def embed_images(state: AppState, entry: ModelEntry, images: Sequence[ImagePart], offsets: Sequence[tuple[int, int]],
+                       request_id: str, prompt_bytes: int) -> tuple[list[MmObject], list[TensorData]]:
+    """The images' mm_objects and embeddings (inline, or blobs when a message with `prompt_bytes` would be too big)."""
+    loaded = await first_error([load_image(state, part.url, part.param) for part in images])
     card = entry.card
     embeddings = await first_error([encode_image(state, card.vision_encoder, image, card.num_image_tokens,
-                                                 f"{work.request_id}-i{index}") for index, image in enumerate(loaded)])
-    embeddings = await fit_payload(state, embeddings, state.blobs.inline_limit - len(work.token_ids))
-    objects = [MmObject(mm_hash=image.mm_hash, offsets=[span]) for image, span in zip(loaded, prompt.offsets)]
-    return msgspec.structs.replace(work, mm_objects=objects, mm_embeddings=embeddings)
+                                                 f"{request_id}-i{index}") for index, image in enumerate(loaded)])
+    embeddings = await fit_payload(state, embeddings, state.blobs.inline_limit - prompt_bytes)
+    return [MmObject(mm_hash=image.mm_hash, offsets=[span]) for image, span in zip(loaded, offsets)], embeddings
 
 
 async def load_image(state: AppState, url: str, param: str) -> LoadedImage:
@@ -69,11 +68,8 @@ async def _collect_embedding(state: AppState, route: RouteRequest, work: EncodeR
             if isinstance(reply, EmbeddingOutput):
                 output = reply
             reply = raise_if_error(await dispatched.stream.next())
-    except asyncio.CancelledError:
-        abandon(state, dispatched, encoder)
-        raise
     finally:
-        release(state, dispatched)
+        release(state, dispatched)  # tells the worker to stop if it is still at it (the client went away)
     if output is None:
         raise WorkerLost(f"encode worker {dispatched.decision.worker_id} finished without an embedding")
     return output
@@ -96,14 +92,3 @@ async def delete_blobs(state: AppState, work: GenerateRequest) -> None:
     for embedding in work.mm_embeddings:
         if embedding.object_name is not None:
             await state.blobs.delete(embedding.object_name)
-
-
-async def first_error(jobs: list[Awaitable]) -> list:
-    """Run `jobs` concurrently; on the first failure cancel the rest and raise it (not an ExceptionGroup)."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(job) for job in jobs]
-    except BaseExceptionGroup as grouped:
-        errors = [e for e in grouped.exceptions if isinstance(e, MeshError)] or list(grouped.exceptions)
-        raise errors[0] from None
-    return [task.result() for task in tasks]

@@ -119,6 +119,8 @@ class DllmEngine:
         prompt_ids = [int(t) for t in prompt_ids]
         if any(t < 0 or t >= self.vocab_size for t in prompt_ids):
             raise InvalidRequest(f"prompt token ids must be in [0, {self.vocab_size})", param="$.prompt")
+        if any(t < 0 or t >= self.vocab_size for t in sampling.logit_bias):
+            raise InvalidRequest(f"logit_bias token ids must be in [0, {self.vocab_size})", param="$.logit_bias")
         mm_objects = [obj for obj, _ in images]
         segments = place_embeddings(self.images, prompt_ids, mm_objects, [emb for _, emb in images],
                                     self.denoiser.device, self.denoiser.dtype) if images else []
