@@ -115,6 +115,7 @@ async def test_the_same_image_returns_to_the_encode_worker_that_cached_it(mesh, 
     images = [w.engine.engine.num_images for w in encoders]
     hits = [w.engine.cache.num_hits for w in encoders]
     assert sum(images) == 3 and sum(hits) == 3  # each image encoded once, its repeat served from that cache
+    assert min(images) >= 1  # new images spread over both encoders (ties go to the smaller index)
 
 
 async def test_embeddings_and_images_over_the_inline_limit_go_through_the_object_store(mesh, mm_dllm_dir, clip_dir):

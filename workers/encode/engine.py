@@ -93,7 +93,7 @@ class EncodeEngine:
         embeddings = self.projector(features).cpu()
         self.num_forwards += 1
         self.num_images += len(items)
-        return list(embeddings.unbind(0))
+        return [row.clone() for row in embeddings.unbind(0)]  # own storage: a cached row must not pin its batch
 
 
 def _load_projector(directory: Path, vision_hidden: int):

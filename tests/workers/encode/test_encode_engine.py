@@ -29,6 +29,7 @@ def test_a_batch_is_one_forward_and_matches_each_image_alone(clip_dir, make_enco
     for together, solo in zip(batch, alone):
         torch.testing.assert_close(together, solo, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(batch[0], batch[1])  # different images, different embeddings
+    assert batch[0].untyped_storage().nbytes() == batch[0].nbytes  # a row owns its storage (the cache counts it)
 
 
 def test_siglip_tower_keeps_every_patch_token(siglip_dir, make_encoder):
