@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--mocker", type=int, default=1, help="mocker workers to start")
     up.add_argument("--dllm", type=int, default=1, help="dLLM workers to start (tiny default model built on first run)")
     up.add_argument("--image", type=int, default=1, help="image workers to start (tiny default pipeline built on first run)")
+    up.add_argument("--encode", type=int, help="vision encode workers to start (default: 1 when a dLLM worker starts; "
+                                               "the tiny dLLM takes images through it)")
     up.add_argument("--mocker-speedup", type=float, default=1.0, help="mocker speedup ratio ('inf' = no simulated time)")
     up.add_argument("--namespace")
     add_drain_flag(up)

@@ -11,6 +11,7 @@ import tempfile
 import time
 
 import workers.dllm
+import workers.encode
 import workers.image
 import workers.mocker
 from protocol.errors import MeshError
@@ -19,6 +20,7 @@ from shell import logs
 from shell.bus import BrokerUnreachable, EmbeddedNats, find_nats_server, server_config_text
 from shell.config import ConfigError, FrontendConfig, NatsConfig, RuntimeConfig, from_env
 from shell.flags import frontend_config, restart_policy
+from shell.images import solid_png_data_url
 from shell.metrics import FrontendMetrics, SupervisorMetrics
 from shell.process import EXIT_BROKER_LOST, EXIT_GAVE_UP, EXIT_OK, StartupError, run, run_until_signal, tune_gc
 from shell.supervise import ChildSpec, RestartPolicy, Supervisor
@@ -28,7 +30,7 @@ CHILD_STOP_GRACE_S = 10.0  # `up` SIGKILLs a worker still running drain timeout 
 SHUTDOWN_WATCHDOG_S = 90.0  # a frontend (in-flight HTTP: aiohttp waits up to 60 s) or router is gone this long after SIGTERM
 UP_EXIT_GRACE_S = 90.0  # `up` is gone drain timeout + this after a SIGTERM, whatever hangs (frontend, nats)
 NOT_INHERITED = ("DIFFMESH_HEALTH_PORT", "DIFFMESH_WORKER_ID")  # one per process: `up`'s workers would collide
-WORKER_KINDS = {"mocker": workers.mocker, "dllm": workers.dllm, "image": workers.image}  # each: add_arguments, serve, REQUIRES
+WORKER_KINDS = {"mocker": workers.mocker, "dllm": workers.dllm, "image": workers.image, "encode": workers.encode}  # each: add_arguments, serve, REQUIRES
 
 
 def available_kinds() -> dict[str, object]:
@@ -106,7 +108,8 @@ def _worker_commands(args: argparse.Namespace, nats_url: str) -> list[list[str]]
         common += ["--drain-timeout", str(args.drain_timeout)]
     kinds = available_kinds()
     commands = [base + ["mocker", *common, "--speedup-ratio", str(args.mocker_speedup)] for _ in range(args.mocker)]
-    for kind, count in (("dllm", args.dllm), ("image", args.image)):
+    encoders = args.encode if args.encode is not None else (1 if args.dllm else 0)  # the dLLM's images need one
+    for kind, count in (("encode", encoders), ("dllm", args.dllm), ("image", args.image)):
         if count and kind not in kinds:
             print(f"diffmesh up: no {kind} worker in this install (pip install 'diffmesh[ml]'); skipping it", file=sys.stderr)
             continue
@@ -192,9 +195,15 @@ def _examples(url: str, models: list[dict]) -> str:
     lines = []
     chat = next((m["id"] for m in models if "chat" in m["kinds"]), None)
     image = next((m["id"] for m in models if "images" in m["kinds"]), None)
+    vision = next((m["id"] for m in models if "image" in m.get("input_modalities", [])), None)
     if chat:
         lines.append(f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
                      f"    -d '{{\"model\": \"{chat}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'\n")
+    if vision:
+        part = f'{{"type": "image_url", "image_url": {{"url": "{solid_png_data_url((200, 40, 40), 4)}"}}}}'
+        lines.append(f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+                     f"    -d '{{\"model\": \"{vision}\", \"messages\": [{{\"role\": \"user\", \"content\": "
+                     f"[{{\"type\": \"text\", \"text\": \"What colour?\"}}, {part}]}}]}}'\n")
     if image:
         lines.append(f"  curl {url}/v1/images/generations -H 'Content-Type: application/json' \\\n"
                      f"    -d '{{\"model\": \"{image}\", \"prompt\": \"a red cat\", \"response_format\": \"url\"}}'\n")
@@ -202,15 +211,17 @@ def _examples(url: str, models: list[dict]) -> str:
 
 
 async def _wait_models(url: str, expected: int, stop: asyncio.Event) -> list[dict]:
+    """The client-facing models, once `expected` workers are live (/health counts encode workers too)."""
     import aiohttp
 
     deadline = time.monotonic() + UP_WAIT_S
     async with aiohttp.ClientSession() as session:
         while not stop.is_set() and time.monotonic() < deadline:
-            async with session.get(f"{url}/v1/models") as response:
-                data = (await response.json())["data"]
-            if sum(m["workers"] for m in data) >= expected:
-                return data
+            async with session.get(f"{url}/health") as response:
+                live = (await response.json())["models"]
+            if sum(len(workers) for workers in live.values()) >= expected:
+                async with session.get(f"{url}/v1/models") as response:
+                    return (await response.json())["data"]
             await asyncio.sleep(0.2)
     return []
 

@@ -17,8 +17,10 @@ from frontend.registry import ModelRegistry
 from frontend.state import STATE, AppState, new_request_id
 from protocol.errors import MeshError, NotFound, Unauthorized
 from router.service import build_router_service
+from shell.blobs import BlobStore
 from shell.bus import close_bus, connect
 from shell.config import FrontendConfig
+from shell.images import ImageLoader
 from shell.logs import request_id_from_headers, request_id_var
 from shell.metrics import FrontendMetrics
 from shell.process import cannot_listen
@@ -144,11 +146,14 @@ def _bus_context(config: FrontendConfig, exported: FrontendMetrics | None):
         router_service.on_worker_lost(requester.fail_worker)
         await requester.start()
         await router_service.start()
+        media = ImageLoader(config.media)
         app[NC] = nc
-        app[STATE] = AppState(config, requester, router_service, registry, exported or FrontendMetrics())
+        app[STATE] = AppState(config, requester, router_service, registry, exported or FrontendMetrics(), media,
+                              BlobStore(nc, config.namespace, config.max_inline_bytes))
         yield
         await router_service.stop()
         await requester.stop()
+        await media.close()
         await close_bus(nc)
 
     return context

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from shell.config import ENV_PREFIX, FrontendConfig, NatsConfig, RuntimeConfig, from_env, nats_from_env
+from shell.config import ENV_PREFIX, FrontendConfig, NatsConfig, RuntimeConfig, from_env, media_from_env, nats_from_env
 from shell.supervise import RestartPolicy
 
 
@@ -44,6 +44,13 @@ def add_frontend_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--media-dir", help="local image store served at /v1/files/ (env DIFFMESH_MEDIA_DIR)")
     parser.add_argument("--request-timeout", type=float, dest="request_timeout_s", help="seconds per request")
     parser.add_argument("--max-body-bytes", type=int)
+    media = parser.add_argument_group("chat image inputs (env DIFFMESH_MEDIA_*)")
+    media.add_argument("--media-allowed-hosts", help="comma-separated host names, IPs or CIDR networks that image URLs may "
+                                                    "reach although not public (default: none; loopback, private and "
+                                                    "link-local addresses are refused)")
+    media.add_argument("--media-max-bytes", type=int, help="largest image, encoded (default 16 MiB)")
+    media.add_argument("--media-max-pixels", type=int, help="largest width x height (default 32 Mi pixels)")
+    media.add_argument("--media-timeout", type=float, dest="media_timeout_s", help="seconds per image download (default 10)")
 
 
 def frontend_config(args: argparse.Namespace, **overrides) -> FrontendConfig:
@@ -51,7 +58,9 @@ def frontend_config(args: argparse.Namespace, **overrides) -> FrontendConfig:
     values = dict(nats=nats_config(args) if hasattr(args, "nats_url") else None, namespace=args.namespace,
                   host=args.host, port=args.port, router_mode=args.router_mode, router_url=args.router_url,
                   api_key=args.api_key, media_dir=args.media_dir, request_timeout_s=args.request_timeout_s,
-                  max_body_bytes=args.max_body_bytes)
+                  max_body_bytes=args.max_body_bytes,
+                  media=media_from_env(allowed_hosts=args.media_allowed_hosts, max_bytes=args.media_max_bytes,
+                                       max_pixels=args.media_max_pixels, timeout_s=args.media_timeout_s))
     return from_env(FrontendConfig, **{**values, **overrides})
 
 

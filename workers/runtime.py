@@ -21,6 +21,7 @@ from protocol.control import Cancel, ClearCache, ControlAck, DumpKv, KvDump, con
 from protocol.errors import EngineError, MeshError, Overloaded
 from protocol.events import Goodbye, Heartbeat, KvEvent, KvEventBatch, LoadReport, WorkerCard, event_encoder
 from protocol.work import Ack, Error, Final, WorkRequest, work_decoder, work_encoder
+from shell.blobs import BlobStore
 from shell.bus import LinkWatch, close_bus, connect_unless
 from shell.config import RuntimeConfig
 from shell.health import start_health_server
@@ -60,6 +61,7 @@ class WorkerRuntime:
             started_at=time.time(),
             **fields,
         )
+        self.blobs = BlobStore(nc, config.namespace, config.max_inline_bytes, config.js_replicas)
         self.contexts: dict[str, RequestContext] = {}
         self.num_active = 0
         self.num_waiting = 0
@@ -150,7 +152,7 @@ class WorkerRuntime:
             await self._reply(msg.reply, _error_reply(request.request_id, 0, error))
             return
         deadline = time.monotonic() + request.deadline_s if request.deadline_s else None
-        ctx = RequestContext(request.request_id, self.worker_id, deadline)
+        ctx = RequestContext(request.request_id, self.worker_id, deadline, self.blobs)
         self.contexts[request.request_id] = ctx
         self.num_waiting += 1  # counted now: the next message's admission check must see it
         self._load_dirty.set()

@@ -79,11 +79,11 @@ def _workers(up: Up, model: str) -> list[str]:
 
 
 def test_sigkill_of_up_leaves_no_process_of_its_tree_alive(tmp_path):
-    up = Up(tmp_path, "--mocker", "1", "--dllm", "1", "--image", "0")
+    up = Up(tmp_path, "--mocker", "1", "--dllm", "1", "--image", "0")  # and the encode worker the dLLM needs
     try:
         up.wait_ready()
         tree = up.tree()
-        assert len(tree) == 3 and any("nats-server" in cmdline(pid) for pid in tree)  # nats-server, mocker, dLLM
+        assert len(tree) == 4 and any("nats-server" in cmdline(pid) for pid in tree)  # nats-server, mocker, encode, dLLM
         up.process.kill()  # SIGKILL: `up` runs no cleanup at all
         up.process.wait()
         wait_until(lambda: not any(is_alive(pid) for pid in tree), 5.0, f"{tree} to exit with `up`")
@@ -119,7 +119,7 @@ def test_killed_worker_is_restarted_counted_in_metrics_and_serves_again(tmp_path
 
 def test_worker_that_fails_at_start_is_given_up_with_a_one_line_reason(tmp_path):
     missing = tmp_path / "no-such-dllm"
-    up = Up(tmp_path, "--mocker", "0", "--dllm", "1", "--image", "0", env={"DIFFMESH_DLLM_MODEL": str(missing)})
+    up = Up(tmp_path, "--mocker", "0", "--dllm", "1", "--encode", "0", "--image", "0", env={"DIFFMESH_DLLM_MODEL": str(missing)})
     try:
         assert up.process.wait(timeout=120) == EXIT_GAVE_UP
         lines = [line for line in up.log().splitlines() if line.startswith("diffmesh up: giving up")]
