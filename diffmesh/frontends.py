@@ -1,106 +1,91 @@
-"""Several HTTP frontend processes on one port: this process serves, and N - 1 children serve the same port too.
+"""Several HTTP frontend processes on one port: this process serves, and N - 1 supervised children serve it too.
 
 The kernel spreads new connections over the listening sockets (SO_REUSEPORT). Each process has its own NATS
 connection and embedded router; the routers share predicted load over the router sync subject, and every one of
-them follows every worker's heartbeats and KV events. Metrics are summed over the processes by prometheus_client's
-multiprocess mode, so /metrics on any of them counts every request.
+them follows every worker's heartbeats and KV events. The children are `shell.supervise` children (restarted when
+they crash, killed with their parent). Metrics are summed over the processes by prometheus_client's multiprocess
+mode, so /metrics on any of them counts every request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from shell.config import METRICS_MULTIPROC_ENV, FrontendConfig, to_env
-from shell.process import spawn_child
+from shell.metrics import SupervisorMetrics, enable_multiprocess, forget_process
+from shell.process import EXIT_GAVE_UP, EXIT_OK
+from shell.supervise import ChildSpec, GiveUp, RestartPolicy, Supervisor
 
-log = logging.getLogger("diffmesh.frontends")
-MIN_UPTIME_S = 5.0  # a child that dies sooner (port taken, bad config) stops the group instead of restarting
-WATCH_INTERVAL_S = 0.2
-STOP_TIMEOUT_S = 10.0
 JOIN_WARMUP_S = 1.5  # children listen after one worker heartbeat interval (1 s) and the KV dumps it triggers
+STOP_TIMEOUT_S = 10.0
 
 
-class FrontendGroup:
-    """Starts, restarts and stops the extra frontend processes of `diffmesh frontend --workers N` and `up`.
+def frontend_specs(config: FrontendConfig, log_args: list[str]) -> list[ChildSpec]:
+    """The extra processes of `config.num_processes` (the caller's own is the first), configured through DIFFMESH_*
+    variables; call inside `shared_metrics` so that they inherit its directory."""
+    child = dataclasses.replace(config, workers=1, join_warmup_s=max(config.join_warmup_s, JOIN_WARMUP_S))
+    env = {**os.environ, **to_env(child)}
+    command = [sys.executable, "-m", "diffmesh.cli", *log_args, "frontend"]
+    return [ChildSpec(f"frontend-{i}", command, env) for i in range(1, config.num_processes)]
 
-    Enter it before this process imports prometheus_client (the multiprocess mode is chosen at import).
-    """
 
-    def __init__(self, config: FrontendConfig, log_args: list[str]):
-        self.num_children = config.num_processes - 1
-        self._command = [sys.executable, "-m", "diffmesh.cli", *log_args, "frontend"]
-        child = dataclasses.replace(config, workers=1, join_warmup_s=max(config.join_warmup_s, JOIN_WARMUP_S))
-        self._env = {**os.environ, **to_env(child)}
-        self.children: list[subprocess.Popen] = []
-        self._started: dict[int, float] = {}  # pid -> monotonic start
-        self._metrics_dir: str | None = None
-        self.failed = False
+@contextlib.contextmanager
+def shared_metrics(num_processes: int) -> Iterator[None]:
+    """With several processes, prometheus_client's multiprocess mode in a temporary directory, removed afterwards.
+    Enter it before this process makes any metric."""
+    if num_processes <= 1 or os.environ.get(METRICS_MULTIPROC_ENV):
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="diffmesh-metrics-")
+    enable_multiprocess(directory)
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
-    def __enter__(self) -> FrontendGroup:
-        if self.num_children > 0:
-            if METRICS_MULTIPROC_ENV not in os.environ:
-                if "prometheus_client" in sys.modules:
-                    log.warning("prometheus_client was imported before the frontend group: /metrics counts one process")
-                self._metrics_dir = tempfile.mkdtemp(prefix="diffmesh-metrics-")
-                os.environ[METRICS_MULTIPROC_ENV] = self._env[METRICS_MULTIPROC_ENV] = self._metrics_dir
-            self.children = [self._spawn() for _ in range(self.num_children)]
-        return self
 
-    def __exit__(self, *exc) -> None:
-        for child in self.children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for child in self.children:
-            try:
-                child.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        if self._metrics_dir:
-            shutil.rmtree(self._metrics_dir, ignore_errors=True)
-            os.environ.pop(METRICS_MULTIPROC_ENV, None)
+def child_supervisor(specs: list[ChildSpec], policy: RestartPolicy, metrics: SupervisorMetrics | None) -> Supervisor:
+    """Runs the frontend children (and, for `up`, the workers); an exited frontend's live gauges stop counting."""
+    return Supervisor(specs, policy, metrics, on_exit=_forget, start_new_session=True)
 
-    def _spawn(self) -> subprocess.Popen:
-        child = spawn_child(self._command, env=self._env)
-        self._started[child.pid] = time.monotonic()
-        return child
 
-    async def serve(self, serve_here: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event) -> None:
-        """Run this process's frontend (`serve_here(stop)`) while restarting children that die, until `stop`."""
-        watcher = asyncio.create_task(self._watch(stop))
-        try:
-            await serve_here(stop)
-        finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+def _forget(process: subprocess.Popen) -> None:
+    if os.environ.get(METRICS_MULTIPROC_ENV):
+        forget_process(process.pid)
 
-    async def _watch(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await asyncio.sleep(WATCH_INTERVAL_S)
-            for i, child in enumerate(self.children):
-                if child.poll() is not None and not stop.is_set():
-                    self._replace(i, child, stop)
 
-    def _replace(self, i: int, child: subprocess.Popen, stop: asyncio.Event) -> None:
-        from prometheus_client import multiprocess
+async def serve_group(serve_here: Callable[[asyncio.Event], Awaitable[None]], specs: list[ChildSpec],
+                      policy: RestartPolicy, stop: asyncio.Event) -> int:
+    """`diffmesh frontend --workers N`: this process's frontend (`serve_here(stop)`) and the supervised others, until
+    `stop` or until a child is given up on; the exit code. A frontend here that cannot listen raises (StartupError)."""
+    if not specs:
+        await serve_here(stop)
+        return EXIT_OK
+    ended = asyncio.Event()  # the signal, or this process's frontend ending on its own
+    http = asyncio.create_task(serve_here(ended))
+    http.add_done_callback(lambda _: ended.set())
+    relay = asyncio.create_task(_relay(stop, ended))
+    try:
+        failure: GiveUp | None = await child_supervisor(specs, policy, None).run(ended, STOP_TIMEOUT_S)
+    finally:
+        ended.set()
+        relay.cancel()
+        await asyncio.gather(relay, return_exceptions=True)
+        await http  # raises what stopped it
+    if failure is not None:
+        print(f"diffmesh frontend: giving up: {failure.reason}", file=sys.stderr, flush=True)
+        return EXIT_GAVE_UP
+    return EXIT_OK
 
-        multiprocess.mark_process_dead(child.pid)  # its live gauges no longer count
-        uptime = time.monotonic() - self._started.pop(child.pid)
-        if uptime < MIN_UPTIME_S:
-            log.error("frontend process %d exited with %s after %.1f s; stopping", child.pid, child.returncode, uptime)
-            self.failed = True
-            stop.set()
-            return
-        log.warning("frontend process %d exited with %s; starting another", child.pid, child.returncode)
-        self.children[i] = self._spawn()
+
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()

@@ -12,7 +12,7 @@ import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -123,6 +123,10 @@ class FrontendMetrics:
         self.images = Counter(f"{p}_images_generated", "Images returned", ["model"], registry=r)
         self.migrations = Counter(f"{p}_model_migration", "Requests re-sent to another worker", ["model", "migration_type"],
                                   registry=r)
+        self.embeddings = Counter(f"{p}_image_embeddings", "Chat image embeddings by encoder model and cache result",
+                                  ["model", "cache"], registry=r)
+        self.image_loads = Counter(f"{p}_image_loads", "Chat images loaded, by source (data, http) and whether decoded "
+                                   "or taken from the decoded-image cache", ["source", "result"], registry=r)
         self.router = RouterMetrics(r)
         self._per_model: dict[str, ModelMetrics] = {}
         self._pending: list = self.router.pending
@@ -156,6 +160,21 @@ class FrontendMetrics:
 
 def is_multiprocess() -> bool:
     return bool(os.environ.get(METRICS_MULTIPROC_ENV))
+
+
+def enable_multiprocess(directory: str) -> None:
+    """Keep this process's metrics in files under `directory`, summed with every other process's that uses it
+    (prometheus_client's multiprocess mode); children inherit it through the environment. Call before any metric
+    is made: prometheus_client picks its value class when imported, so it is picked again here."""
+    os.environ[METRICS_MULTIPROC_ENV] = directory
+    values.ValueClass = values.get_value_class()
+
+
+def forget_process(pid: int) -> None:
+    """An exited process's live gauges (in-flight, queued) no longer count; its counters still do."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)
 
 
 class ModelMetrics:
@@ -286,3 +305,33 @@ def _worker_gauges(router) -> Iterator[GaugeMetricFamily]:
         live.add_metric([model], count)
     yield from families.values()
     yield live
+
+
+class SupervisorMetrics:
+    """Restarts of the child processes a supervisor keeps running (`diffmesh up` puts these on the frontend's /metrics)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.restarts = Counter("diffmesh_process_restarts", "Child processes restarted after exiting on their own, "
+                                "by child (e.g. mocker-0) and exit reason (e.g. 'killed by SIGKILL', 'exit 1')",
+                                ["process", "reason"], registry=registry)
+
+
+ENCODE_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class EncoderMetrics:
+    """An encode worker's own registry, served by `diffmesh worker encode --metrics-port`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        r = self.registry = registry or CollectorRegistry()
+        p = "dynamo_encoder"
+        self.cache_lookups = Counter(f"{p}_embedding_cache_lookups", "Embedding cache lookups by result (hit, miss)",
+                                     ["result"], registry=r)
+        self.cache_evictions = Counter(f"{p}_embedding_cache_evictions", "Embeddings evicted for room", registry=r)
+        self.cache_bytes = Gauge(f"{p}_embedding_cache_bytes", "Bytes held by the embedding cache", registry=r)
+        self.cache_entries = Gauge(f"{p}_embedding_cache_entries", "Embeddings held by the embedding cache", registry=r)
+        self.images = Counter(f"{p}_images_encoded", "Images run through the vision tower", registry=r)
+        self.batch_size = Histogram(f"{p}_batch_size", "Images per vision forward", buckets=ENCODE_BATCH_BUCKETS,
+                                    registry=r)
+        self.forward = Histogram(f"{p}_forward_seconds", "Vision tower + projector time per batch",
+                                 buckets=LATENCY_BUCKETS, registry=r)
