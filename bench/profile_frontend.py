@@ -41,9 +41,40 @@ def record(pid: int, seconds: float, out: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+# Where a sample's time goes: the first of these met walking its stack from the leaf up.
+CATEGORIES = [
+    ("templating + tokenizing", ("frontend/preprocess.py", "jinja2/", "(<template>)", "tokenizer.py")),
+    ("detokenizing", ("workers/textstream.py", "TableDecoder")),
+    ("routing", ("router/", "protocol/kv.py")),
+    ("NATS client", ("nats/",)),
+    ("aiohttp", ("aiohttp/", "multidict/", "yarl/")),
+    ("metrics", ("shell/metrics.py", "prometheus_client/")),
+    ("response building", ("frontend/textformat.py",)),
+    ("request checks", ("frontend/capabilities.py", "frontend/fields.py")),
+    ("choice plan", ("frontend/textplan.py",)),
+    ("dispatch + reply streams", ("frontend/state.py", "frontend/bus.py")),
+    ("handlers + middlewares", ("frontend/text.py", "frontend/app.py")),
+    ("mocker engine", ("workers/mocker/",)),
+    ("worker runtime", ("workers/",)),
+    ("other frontend code", ("frontend/", "protocol/", "shell/")),
+]
+EVENT_LOOP = ("asyncio/", "uvloop", "runners.py")  # only when no frame above belongs to a part
+LAUNCH = ("shell/process.py", "diffmesh/", "runpy", "profile_frontend.py")  # the frames every stack starts with
+
+
+def category(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        if any(mark in frame for mark in LAUNCH):
+            continue
+        for name, marks in CATEGORIES:
+            if any(mark in frame for mark in marks):
+                return name
+    return "event loop" if any(mark in frame for frame in frames for mark in EVENT_LOOP) else "other"
+
+
 def summarize(raw_path: str, top: int) -> dict:
     """Self and total sample shares per function from py-spy's collapsed stacks ("f (file);g (file) count")."""
-    own, total, num = Counter(), Counter(), 0
+    own, total, kinds, num = Counter(), Counter(), Counter(), 0
     for line in Path(raw_path).read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
@@ -51,12 +82,14 @@ def summarize(raw_path: str, top: int) -> dict:
         frames, count = stack.split(";"), int(count)
         num += count
         own[frames[-1]] += count
+        kinds[category(frames)] += count
         for frame in set(frames):
             total[frame] += count
     rows = [{"function": f, "self": own[f] / num, "total": total[f] / num} for f, _ in own.most_common(top)]
     inclusive = [{"function": f, "total": c / num} for f, c in total.most_common(top * 3)
                  if not any(s in f for s in SKIP_SELF)][:top]
-    return {"samples": num, "self": rows, "inclusive": inclusive}
+    return {"samples": num, "self": rows, "inclusive": inclusive,
+            "categories": {name: count / num for name, count in kinds.most_common()}}
 
 
 def profile_mesh(args: argparse.Namespace, case: str, tmp: str) -> dict:
@@ -148,7 +181,11 @@ def print_tables(results: list[dict]) -> None:
             cpu = ", ".join(f"{n} {ms:.3f}" for n, ms in r["cpu_ms_per_request"].items())
             print(f"\n### {r['case'].upper()} c={r['connections']}: {r['rps']:,.0f} req/s; CPU ms per request: {cpu}")
         for name, prof in r["profiles"].items():
-            print(f"\n{name} ({prof['samples']:,} samples)\n\n| self | total | function (self time) |\n|---|---|---|")
+            cpu_us = r.get("cpu_ms_per_request", {}).get(name, r.get("cpu_us_per_decision_and_finish", 0) / 1e3) * 1e3
+            print(f"\n{name} ({prof['samples']:,} samples): where the time goes\n\n| share | µs per request | part |\n|---|---|---|")
+            for part, share in prof["categories"].items():
+                print(f"| {share:.1%} | {share * cpu_us:.0f} | {part} |")
+            print("\n| self | total | function (self time) |\n|---|---|---|")
             for row in prof["self"]:
                 print(f"| {row['self']:.1%} | {row['total']:.1%} | `{row['function']}` |")
             print("\n| total | function (inclusive) |\n|---|---|")

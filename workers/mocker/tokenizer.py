@@ -67,6 +67,10 @@ class TableDecoder:
         texts = [tokenizer.decode([i]) for i in range(size)]
         self._texts = {i: text for i, text in enumerate(texts) if "\ufffd" not in text}
 
+    def piece(self, token: int) -> str | None:
+        """The text a token adds to any sequence, or None for a token that needs its neighbours (TextStream)."""
+        return self._texts.get(token)
+
     def __call__(self, ids) -> str:
         try:
             return "".join(map(self._texts.__getitem__, ids))

@@ -123,7 +123,7 @@ class MockerEngine:
         ctx.on_cancel(lambda: queue.put(_CANCEL))
         self.scheduler.add(seq)
         self._wake.set()
-        stream = TextStream(self.decode, request.sampling.stop)
+        stream = TextStream(self.decode, request.sampling.stop, piece=self.decode.piece)
         logprobs = _Logprobs(self.scheduler.distribution, seq.token_seed, request.sampling.logprobs)
         finish_reason = "length"
         held: list[str] = []  # non-streaming requests get everything in the Final
