@@ -146,7 +146,7 @@ def _bus_context(config: FrontendConfig):
     async def context(app: web.Application):
         nc = await connect(config.nats, name="diffmesh-frontend")
         router_service = build_router_service(nc, config.namespace, config.router_mode, config.router_url)
-        requester = Requester(nc, config.namespace)
+        requester = Requester(nc, config.namespace, stall_s=config.stall_timeout_s)
         registry = ModelRegistry(nc, config.namespace, router_service.router.live_workers)
         router_service.on_worker_lost(requester.fail_worker)
         await requester.start()

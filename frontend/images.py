@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import secrets
 import time
 
 import msgspec
@@ -65,6 +66,8 @@ def build_image_request(req: ImageGenerationRequest, model: str, request_id: str
         width, height = (int(v) for v in req.size.split("x"))
     ext = req.nvext
     seed = ext.seed if ext and ext.seed is not None else req.seed
+    if seed is None:  # drawn here, not on the worker, so a request that restarts elsewhere draws the same images
+        seed = secrets.randbits(63)
     return ImageRequest(request_id=request_id, model=model, prompt=req.prompt, n=req.n, width=width, height=height,
                         num_inference_steps=ext.num_inference_steps if ext else None, quality=req.quality,
                         guidance_scale=ext.guidance_scale if ext else None, negative_prompt=ext.negative_prompt if ext else None,
@@ -117,9 +120,11 @@ async def _stream(request: web.Request, d: Dispatched, req: ImageGenerationReque
     response = web.StreamResponse(headers={**SSE_HEADERS, "x-diffmesh-worker": d.decision.worker_id})
     await response.prepare(request)
     reply = d.first
+    sent: set[tuple[int, int | None]] = set()  # (index, partial_index): a restarted request sends them again
     try:
         while not isinstance(reply, Final):
-            if isinstance(reply, ImageOutput):
+            if isinstance(reply, ImageOutput) and (reply.index, reply.partial_index) not in sent:
+                sent.add((reply.index, reply.partial_index))
                 await response.write(_event(reply, req))
             reply = raise_if_error(await d.stream.next())
     except MeshError as exc:

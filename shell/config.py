@@ -40,6 +40,8 @@ class FrontendConfig:
     router_url: str | None = None  # None = embedded router; "nats" = the standalone `diffmesh router` service
     max_body_bytes: int = 16 * 1024 * 1024
     request_timeout_s: float = 600.0
+    migration_limit: int = 3  # re-sends of one request to other workers (worker lost, stalled, full); 0 = none
+    stall_timeout_s: float = 15.0  # a reply stream quiet this long lost its worker (workers keep alive every 2 s)
     api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
     media_dir: str | None = None  # local store served at /v1/files/ (url image responses)
     public_base_url: str | None = None
@@ -53,6 +55,9 @@ class FrontendConfig:
         for name in ("port", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.migration_limit < 0 or self.stall_timeout_s < 0:
+            raise ConfigError(f"migration_limit={self.migration_limit} and stall_timeout_s={self.stall_timeout_s} "
+                              "must be >= 0")
         if not self.request_timeout_s > 0:
             raise ConfigError(f"request_timeout_s={self.request_timeout_s} must be > 0")
 
@@ -68,6 +73,7 @@ class RuntimeConfig:
     load_interval_s: float = 0.25  # load reports at most this often, when load changed
     drain_timeout_s: float = 30.0
     js_replicas: int = 1  # replica count of the registry buckets (3 on a 3-node NATS cluster)
+    keepalive_s: float = 2.0  # a request's stream that said nothing this long gets an Ack (0 = never)
 
 
 ENV_PREFIX = "DIFFMESH_"

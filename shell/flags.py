@@ -48,6 +48,11 @@ def add_frontend_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", help="require `Authorization: Bearer KEY` (env DIFFMESH_API_KEY)")
     parser.add_argument("--media-dir", help="local image store served at /v1/files/ (env DIFFMESH_MEDIA_DIR)")
     parser.add_argument("--request-timeout", type=float, dest="request_timeout_s", help="seconds per request")
+    parser.add_argument("--migration-limit", type=int,
+                        help="re-sends of a request to another worker when its worker is lost, mid-stream included "
+                             "(env DIFFMESH_MIGRATION_LIMIT, default 3; 0 = off)")
+    parser.add_argument("--stall-timeout", type=float, dest="stall_timeout_s",
+                        help="seconds a reply stream may stay quiet before its worker counts as lost (default 15; 0 = off)")
     parser.add_argument("--max-body-bytes", type=int)
 
 
@@ -56,6 +61,7 @@ def frontend_config(args: argparse.Namespace, **overrides) -> FrontendConfig:
     values = dict(nats=nats_config(args) if hasattr(args, "nats_url") else None, namespace=args.namespace,
                   host=args.host, port=args.port, router_mode=args.router_mode, router_url=args.router_url,
                   api_key=args.api_key, media_dir=args.media_dir, request_timeout_s=args.request_timeout_s,
+                  migration_limit=args.migration_limit, stall_timeout_s=args.stall_timeout_s,
                   max_body_bytes=args.max_body_bytes)
     return from_env(FrontendConfig, **{**values, **overrides})
 
@@ -66,10 +72,13 @@ def add_worker_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-id", help="stable worker id (default: random)")
     parser.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds")
     parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM")
+    parser.add_argument("--keepalive", type=float, dest="keepalive_s",
+                        help="seconds a quiet request's stream waits before an Ack keeps it alive (env DIFFMESH_KEEPALIVE_S, "
+                             "default 2; frontends count a stream quiet for --stall-timeout as lost)")
     parser.add_argument("--dry-run", action="store_true", help="build the engine's configuration and exit")
 
 
 def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
     """RuntimeConfig from DIFFMESH_* variables, then the flags `add_worker_flags` defined."""
     return from_env(RuntimeConfig, nats=nats_config(args), namespace=args.namespace, worker_id=args.worker_id,
-                    heartbeat_s=args.heartbeat, drain_timeout_s=args.drain_timeout)
+                    heartbeat_s=args.heartbeat, drain_timeout_s=args.drain_timeout, keepalive_s=args.keepalive_s)

@@ -9,10 +9,12 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
+
 from protocol.errors import EngineError, InvalidRequest
 from protocol.events import ModelCard
 from protocol.kv import tokens_from_bytes, tokens_to_bytes
-from protocol.work import Chunk, Final, GenerateRequest, WorkRequest
+from protocol.work import Chunk, DiffusionOptions, Final, GenerateRequest, Usage, WorkRequest
 from workers.contract import KvEventSink, RequestContext
 from shell.config import MODEL_CACHE_DIR, from_env
 from workers.dllm.config import DllmConfig
@@ -93,10 +95,17 @@ class DllmWorker:
         if request.mm_objects:
             raise InvalidRequest("this model takes text only", param="$.messages")
         prompt = tokens_from_bytes(request.token_ids).tolist()
+        k = request.num_generated
+        if not 0 <= k <= len(prompt):
+            raise InvalidRequest(f"num_generated={k} does not fit a prompt of {len(prompt)} tokens", param="$.num_generated")
+        if k and request.sampling.max_tokens <= 0:  # the last attempt had generated everything; only its Final was lost
+            yield Final(request_id=request.request_id, seq=0, finish_reason="length", usage=Usage(prompt_tokens=len(prompt)))
+            return
         held_text: list[str] = []
         held_ids: list[int] = []  # tokens behind text not yet sent
         outputs = self.engine.generate_async(
-            request.request_id, prompt, request.sampling, request.diffusion, is_cancelled=lambda: _gone(ctx)
+            request.request_id, prompt, request.sampling, continued_options(request), is_cancelled=lambda: _gone(ctx),
+            resume_ids=prompt[len(prompt) - k :] if k else None,
         )
         async for out in outputs:
             held_ids.extend(out.token_ids)
@@ -125,6 +134,17 @@ class DllmWorker:
                 held_ids = []
             else:
                 held_text.append(out.text)
+
+
+def continued_options(request: GenerateRequest) -> DiffusionOptions | None:
+    """A continuation denoises the rest only: the same steps per token, and no block length that no longer divides it."""
+    opts, k = request.diffusion, request.num_generated
+    if not k or opts is None:
+        return opts
+    left = request.sampling.max_tokens
+    steps = max(1, -(-opts.steps * left // (left + k))) if opts.steps else opts.steps
+    block_length = opts.block_length if opts.block_length and left % opts.block_length == 0 else None
+    return msgspec.structs.replace(opts, steps=steps, block_length=block_length)
 
 
 def _gone(ctx: RequestContext) -> bool:

@@ -59,6 +59,7 @@ class MockSequence:
     local_hashes: list[int]
     max_tokens: int
     token_seed: int = 0  # generated tokens are a pure function of (token_seed, index)
+    first_index: int = 0  # index of the first token to generate (a continuation after a migration starts later)
     prompt_tokens: np.ndarray | None = None  # kept to cache the blocks it generates; None in replay
     generated: list[int] = field(default_factory=list)
     cached_tokens: int = 0
@@ -203,7 +204,7 @@ class MockerScheduler:
         return chunk
 
     def _next_token(self, seq: MockSequence) -> int:
-        index = xxhash.xxh3_64_intdigest(_pack2(seq.token_seed, len(seq.generated))) % len(self.alphabet)
+        index = xxhash.xxh3_64_intdigest(_pack2(seq.token_seed, seq.first_index + len(seq.generated))) % len(self.alphabet)
         token = self.alphabet[index]
         seq.generated.append(token)
         return token

@@ -108,18 +108,27 @@ class MockerEngine:
         if len(prompt) + max_tokens > self.config.context_length:
             raise InvalidRequest(f"prompt ({len(prompt)}) + max_tokens ({max_tokens}) exceeds the context length "
                                  f"{self.config.context_length}", param="$.max_tokens")
+        k = request.num_generated
+        if not 0 <= k <= len(prompt):
+            raise InvalidRequest(f"num_generated={k} does not fit a prompt of {len(prompt)} tokens", param="$.num_generated")
+        # a continuation draws the tokens a clean run draws: seeded by the original prompt, counted from k
+        seed = token_seed(request.token_ids[: 4 * (len(prompt) - k)], request.sampling.seed)
         local, chained = sequence_block_hashes(prompt, self.config.block_size, request.mm_objects)
-        return MockSequence(request.request_id, len(prompt), chained, local, max_tokens,
-                            token_seed(request.token_ids, request.sampling.seed), prompt_tokens=prompt)
+        return MockSequence(request.request_id, len(prompt), chained, local, max_tokens, seed, first_index=k,
+                            prompt_tokens=prompt)
 
     async def generate(self, request: GenerateRequest, ctx: RequestContext):
         seq = self._sequence(request)
+        stream = TextStream(self.tokenizer.decode, request.sampling.stop)
+        stream.resume(tokens_from_bytes(request.token_ids[len(request.token_ids) - 4 * request.num_generated:]).tolist())
+        if stream.stopped or seq.max_tokens <= 0:  # the last attempt had finished; only its Final was lost
+            yield self._final(request, seq, stream, "stop" if stream.stopped else "length", [])
+            return
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[request.request_id] = queue
         ctx.on_cancel(lambda: queue.put_nowait(_CANCEL))
         self.scheduler.add(seq)
         self._wake.set()
-        stream = TextStream(self.tokenizer.decode, request.sampling.stop)
         finish_reason = "length"
         held: list[str] = []  # non-streaming requests get everything in the Final
         try:
@@ -144,9 +153,14 @@ class MockerEngine:
         finally:
             self._queues.pop(request.request_id, None)
             self.scheduler.cancel(request.request_id)
-        usage = Usage(prompt_tokens=seq.prompt_len, completion_tokens=len(stream.ids), cached_tokens=seq.cached_tokens)
-        yield Final(request_id=request.request_id, seq=0, text="".join(held) + stream.flush(), finish_reason=finish_reason,
-                    usage=usage)
+        yield self._final(request, seq, stream, finish_reason, held)
+
+    @staticmethod
+    def _final(request: GenerateRequest, seq: MockSequence, stream: TextStream, finish_reason: str, held: list[str]) -> Final:
+        usage = Usage(prompt_tokens=seq.prompt_len, completion_tokens=len(stream.ids) - request.num_generated,
+                      cached_tokens=seq.cached_tokens)
+        return Final(request_id=request.request_id, seq=0, text="".join(held) + stream.flush(), finish_reason=finish_reason,
+                     usage=usage)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
