@@ -44,6 +44,7 @@ async def connect(config: NatsConfig, name: str) -> nats.NATS:
         "max_reconnect_attempts": config.max_reconnect_attempts,
         "reconnect_time_wait": config.reconnect_wait_s,
         "allow_reconnect": True,
+        "dont_randomize": not config.randomize,
         "pending_size": PENDING_SIZE,
         "error_cb": _log_error,
         "disconnected_cb": _log_event("disconnected", name),
@@ -96,21 +97,26 @@ def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
     raise OSError("no free port")
 
 
-def server_config_text(port: int, monitor_port: int, store_dir: str, host: str = "127.0.0.1") -> str:
+def server_config_text(port: int, monitor_port: int, store_dir: str, host: str = "127.0.0.1", extra: str = "") -> str:
+    """nats-server config: JetStream, 8 MB payloads; `extra` adds blocks (server_name + cluster, authorization, tls)."""
     return (
         f"listen: {host}:{port}\n"
         f"http: {host}:{monitor_port}\n"
         f"max_payload: {MAX_PAYLOAD}\n"
         "max_pending: 268435456\n"
         f'jetstream {{ store_dir: "{store_dir}" }}\n'
+        f"{extra}"
     )
 
 
 class EmbeddedNats:
     """A real nats-server subprocess (JetStream on, max_payload 8 MB), for `diffmesh up` and tests."""
 
-    def __init__(self, port: int | None = 4222, host: str = "127.0.0.1", store_dir: str | None = None):
+    def __init__(self, port: int | None = 4222, host: str = "127.0.0.1", store_dir: str | None = None, extra: str = "",
+                 scheme: str = "nats"):
         self.host = host
+        self.extra = extra  # more config (cluster, authorization, tls blocks)
+        self.scheme = scheme
         self.port = free_port(port, host)
         self.monitor_port = free_port(None, host)
         self._tmp = tempfile.TemporaryDirectory(prefix="diffmesh-nats-") if store_dir is None else None
@@ -119,23 +125,27 @@ class EmbeddedNats:
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
-    def start(self, timeout_s: float = 15.0) -> EmbeddedNats:
+    def start(self, timeout_s: float = 15.0, wait: bool = True) -> EmbeddedNats:
         conf = Path(self.store_dir) / "nats.conf"
-        conf.write_text(server_config_text(self.port, self.monitor_port, self.store_dir, self.host))
-        self.process = subprocess.Popen(
-            [find_nats_server(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        self._wait_healthy(timeout_s)
+        conf.write_text(server_config_text(self.port, self.monitor_port, self.store_dir, self.host, self.extra))
+        self._log = open(Path(self.store_dir) / "nats.log", "ab")  # a file, not a pipe nobody reads (it would fill)
+        self.process = subprocess.Popen([find_nats_server(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=self._log)
+        if wait:
+            self.wait_healthy(timeout_s)
         return self
 
-    def _wait_healthy(self, timeout_s: float) -> None:
+    def log_text(self) -> str:
+        path = Path(self.store_dir) / "nats.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_healthy(self, timeout_s: float = 15.0) -> None:
         url = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"nats-server exited: {self.process.stderr.read().decode(errors='replace')}")
+                raise RuntimeError(f"nats-server exited: {self.log_text()[-4000:]}")
             try:
                 with urllib.request.urlopen(url, timeout=1) as response:
                     if response.status == 200:
@@ -143,6 +153,12 @@ class EmbeddedNats:
             except OSError:
                 time.sleep(0.01)
         raise TimeoutError(f"nats-server not healthy after {timeout_s}s")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed node (the store stays for a restart)."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -152,8 +168,8 @@ class EmbeddedNats:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process and self.process.stderr:
-            self.process.stderr.close()
+        if self.process is not None:
+            self._log.close()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -21,6 +21,7 @@ class NatsConfig:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    randomize: bool = True  # False: try the servers in the order given (a preferred local node first)
     connect_timeout_s: float = 5.0
     max_reconnect_attempts: int = -1  # -1 = forever
     reconnect_wait_s: float = 0.5
@@ -72,7 +73,7 @@ class RuntimeConfig:
     heartbeat_s: float = 1.0
     load_interval_s: float = 0.25  # load reports at most this often, when load changed
     drain_timeout_s: float = 30.0
-    js_replicas: int = 1  # replica count of the registry buckets (3 on a 3-node NATS cluster)
+    js_replicas: int = 0  # replica count of the registry buckets; 0 = 3 on a NATS cluster of 3 or more, else 1
     keepalive_s: float = 2.0  # a request's stream that said nothing this long gets an Ack (0 = never)
 
 

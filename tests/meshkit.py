@@ -51,18 +51,19 @@ class Mesh:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start_frontend(self, **overrides) -> None:
+    async def start_frontend(self, nats: NatsConfig | None = None, **overrides) -> None:
         self.port = free_port()
-        config = FrontendConfig(nats=NatsConfig(url=self.nats_url), namespace=self.namespace, host="127.0.0.1",
+        config = FrontendConfig(nats=nats or NatsConfig(url=self.nats_url), namespace=self.namespace, host="127.0.0.1",
                                 port=self.port, **overrides)
         self._frontend_stop, ready = asyncio.Event(), asyncio.Event()
         self._frontend_task = asyncio.create_task(run_frontend(config, ready=ready, stop=self._frontend_stop))
         await ready.wait()
 
-    async def add_worker(self, engine, heartbeat_s: float = 0.2, **runtime) -> InProcessWorker:
+    async def add_worker(self, engine, heartbeat_s: float = 0.2, nats: NatsConfig | None = None, **runtime) -> InProcessWorker:
         """Serve `engine` in this process (real NATS) until the mesh stops."""
         stop, ready = asyncio.Event(), asyncio.get_running_loop().create_future()
-        config = RuntimeConfig(nats=NatsConfig(url=self.nats_url), namespace=self.namespace, heartbeat_s=heartbeat_s, **runtime)
+        config = RuntimeConfig(nats=nats or NatsConfig(url=self.nats_url), namespace=self.namespace, heartbeat_s=heartbeat_s,
+                               **runtime)
         task = asyncio.create_task(serve(engine, config, ready=ready, stop=stop))
         await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
         if task.done() and not ready.done():
