@@ -21,6 +21,7 @@ from shell.config import ConfigError, FrontendConfig, NatsConfig, RuntimeConfig
 from shell.flags import frontend_config
 from shell.process import run, run_until_signal, tune_gc
 
+SECRET_ARGS = {"nats_password", "nats_token", "api_key"}  # never printed (dry runs) or logged
 UP_WAIT_S = 300.0  # first run builds the tiny models
 WORKER_KINDS = {"mocker": workers.mocker, "dllm": workers.dllm, "image": workers.image}  # each: add_arguments, serve, REQUIRES
 
@@ -34,9 +35,11 @@ def available_kinds() -> dict[str, object]:
 def frontend(args: argparse.Namespace, config: FrontendConfig) -> int:
     """`diffmesh frontend`: serve HTTP until SIGINT/SIGTERM."""
     import frontend as component
+    from frontend.auth import load_api_keys
 
     if args.dry_run:
         print(config)
+        print(f"api keys: {len(load_api_keys(config))} (never shown)")
         return 0
     tune_gc()
     run_until_signal(lambda stop: component.serve(config, stop=stop))
@@ -47,7 +50,7 @@ def worker(args: argparse.Namespace, config: RuntimeConfig, kind) -> int:
     """`diffmesh worker <kind>`: build the engine and serve it until SIGTERM (drain) or SIGINT."""
     if args.dry_run:
         print(config)
-        print(vars(args))
+        print({k: "<redacted>" if k in SECRET_ARGS and v else v for k, v in vars(args).items()})
         return 0
     run(kind.serve(config, args))
     return 0

@@ -10,12 +10,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from frontend import images, text
+from frontend.auth import auth_middleware
 from frontend.bus import Requester
 from frontend.errors import error_response
 from frontend.openapi import build_openapi
 from frontend.registry import ModelRegistry
 from frontend.state import STATE, AppState, new_request_id
-from protocol.errors import MeshError, NotFound, Unauthorized
+from protocol.errors import MeshError, NotFound
 from protocol.openai import ModelInfo, ModelList, json_encoder
 from router.service import build_router_service
 from shell.bus import connect
@@ -67,17 +68,6 @@ def _safe_id(value: str | None) -> str | None:
     return None
 
 
-def auth_middleware(api_key: str | None):
-    @web.middleware
-    async def check(request: web.Request, handler):
-        if api_key and request.path.startswith("/v1/") and not request.path.startswith("/v1/files/"):
-            if request.headers.get("Authorization", "") != f"Bearer {api_key}":
-                return error_response(Unauthorized("missing or wrong API key"))
-        return await handler(request)
-
-    return check
-
-
 async def list_models(request: web.Request) -> web.Response:
     state = request.app[STATE]
     data = []
@@ -125,7 +115,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def build_app(config: FrontendConfig) -> web.Application:
-    app = web.Application(middlewares=[request_id_middleware, errors_middleware, auth_middleware(config.api_key)],
+    app = web.Application(middlewares=[request_id_middleware, errors_middleware, auth_middleware(config)],
                           client_max_size=config.max_body_bytes)
     app.router.add_post("/v1/chat/completions", text.chat_completions)
     app.router.add_post("/v1/completions", text.completions)

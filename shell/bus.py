@@ -36,7 +36,7 @@ def _tls_context(config: NatsConfig) -> ssl.SSLContext | None:
 
 
 async def connect(config: NatsConfig, name: str) -> nats.NATS:
-    """Connect to NATS with reconnects; credentials from user/password, token, creds file or TLS."""
+    """Connect to NATS with reconnects; credentials from user/password, token, nkey seed, creds file, TLS (client cert)."""
     options: dict = {
         "servers": config.servers,
         "name": name,
@@ -56,10 +56,41 @@ async def connect(config: NatsConfig, name: str) -> nats.NATS:
         options["token"] = config.token
     if config.creds_file:
         options["user_credentials"] = config.creds_file
+    if config.nkey_seed:
+        options["nkeys_seed"] = config.nkey_seed
     tls = _tls_context(config)
     if tls is not None:
         options["tls"] = tls
-    return await nats.connect(**options)
+    return await _connect_or_refuse(options, config)
+
+
+async def _connect_or_refuse(options: dict, config: NatsConfig) -> nats.NATS:
+    """Retry while no server answers (NATS may start after us), but fail at once when one refuses our credentials."""
+    refused = asyncio.get_running_loop().create_future()
+
+    async def on_error(exc: Exception) -> None:
+        await _log_error(exc)
+        if not refused.done() and is_refusal(exc):
+            refused.set_result(exc)
+
+    nc = nats.NATS()
+    attempt = asyncio.ensure_future(nc.connect(**{**options, "error_cb": on_error}))
+    await asyncio.wait({attempt, refused}, return_when=asyncio.FIRST_COMPLETED)
+    if attempt.done():
+        refused.cancel()
+        attempt.result()
+        return nc
+    attempt.cancel()
+    await asyncio.gather(attempt, return_exceptions=True)
+    await nc.close()
+    raise ConfigError(f"NATS at {config.url} refused this client ({refused.result()}): check the --nats-user/"
+                      "--nats-password, --nats-token, --nats-nkey, --nats-creds and --nats-tls-* settings")
+
+
+def is_refusal(exc: Exception) -> bool:
+    """The server said no to who we are (credentials, TLS) rather than not answering."""
+    return (isinstance(exc, (nats.errors.AuthorizationError, ssl.SSLError))
+            or "authorization violation" in str(exc).lower() or "authentication" in str(exc).lower())
 
 
 async def _log_error(exc: Exception) -> None:

@@ -15,9 +15,10 @@ class ConfigError(ValueError):
 class NatsConfig:
     url: str = "nats://127.0.0.1:4222"  # comma-separated for a cluster
     user: str | None = None
-    password: str | None = None
-    token: str | None = None
-    creds_file: str | None = None
+    password: str | None = field(default=None, repr=False)  # secrets stay out of reprs, dry runs and logs
+    token: str | None = field(default=None, repr=False)
+    creds_file: str | None = None  # JWT + nkey .creds file (decentralized auth)
+    nkey_seed: str | None = None  # file holding a user nkey seed (SU...)
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -43,7 +44,9 @@ class FrontendConfig:
     request_timeout_s: float = 600.0
     migration_limit: int = 3  # re-sends of one request to other workers (worker lost, stalled, full); 0 = none
     stall_timeout_s: float = 15.0  # a reply stream quiet this long lost its worker (workers keep alive every 2 s)
-    api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
+    api_key: str | None = field(default=None, repr=False)  # when set, requests need `Authorization: Bearer <key>`
+    api_key_file: str | None = None  # more keys, one per line (rotation: list old and new)
+    public_paths: str = "/health,/live,/ready,/metrics,/openapi.json,/v1/files/"  # need no key; '/'-ended = prefix
     media_dir: str | None = None  # local store served at /v1/files/ (url image responses)
     public_base_url: str | None = None
 

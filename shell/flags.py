@@ -24,6 +24,7 @@ def add_nats_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--nats-password")
     group.add_argument("--nats-token")
     group.add_argument("--nats-creds", help="NATS .creds file")
+    group.add_argument("--nats-nkey", help="file with a user nkey seed")
     group.add_argument("--nats-tls-ca")
     group.add_argument("--nats-tls-cert")
     group.add_argument("--nats-tls-key")
@@ -33,7 +34,7 @@ def add_nats_flags(parser: argparse.ArgumentParser) -> None:
 def nats_config(args: argparse.Namespace) -> NatsConfig:
     """NatsConfig from DIFFMESH_NATS_* variables, then the flags `add_nats_flags` defined."""
     return nats_from_env(url=args.nats_url, user=args.nats_user, password=args.nats_password, token=args.nats_token,
-                         creds_file=args.nats_creds, tls_ca=args.nats_tls_ca, tls_cert=args.nats_tls_cert,
+                         creds_file=args.nats_creds, nkey_seed=args.nats_nkey, tls_ca=args.nats_tls_ca, tls_cert=args.nats_tls_cert,
                          tls_key=args.nats_tls_key)
 
 
@@ -45,7 +46,12 @@ def add_frontend_flags(parser: argparse.ArgumentParser) -> None:
                         help="worker choice (env DIFFMESH_ROUTER_MODE, default kv)")
     parser.add_argument("--router-url", choices=["nats"],
                         help="use the standalone `diffmesh router` service instead of the embedded router (env DIFFMESH_ROUTER_URL)")
-    parser.add_argument("--api-key", help="require `Authorization: Bearer KEY` (env DIFFMESH_API_KEY)")
+    parser.add_argument("--api-key", help="require `Authorization: Bearer KEY` (env DIFFMESH_API_KEY; prefer the file: "
+                                          "flags show in `ps`)")
+    parser.add_argument("--api-key-file", help="file of accepted API keys, one per line (env DIFFMESH_API_KEY_FILE)")
+    parser.add_argument("--public-paths", help="comma-separated paths that need no key; a trailing '/' makes a prefix "
+                                               "(env DIFFMESH_PUBLIC_PATHS; default /health,/live,/ready,/metrics,"
+                                               "/openapi.json,/v1/files/; '' or ',' protects them all)")
     parser.add_argument("--media-dir", help="local image store served at /v1/files/ (env DIFFMESH_MEDIA_DIR)")
     parser.add_argument("--request-timeout", type=float, dest="request_timeout_s", help="seconds per request")
     parser.add_argument("--migration-limit", type=int,
@@ -60,7 +66,8 @@ def frontend_config(args: argparse.Namespace, **overrides) -> FrontendConfig:
     """FrontendConfig from DIFFMESH_* variables, then the flags, then `overrides` (what `up` fixes itself)."""
     values = dict(nats=nats_config(args) if hasattr(args, "nats_url") else None, namespace=args.namespace,
                   host=args.host, port=args.port, router_mode=args.router_mode, router_url=args.router_url,
-                  api_key=args.api_key, media_dir=args.media_dir, request_timeout_s=args.request_timeout_s,
+                  api_key=args.api_key, api_key_file=args.api_key_file, public_paths=args.public_paths,
+                  media_dir=args.media_dir, request_timeout_s=args.request_timeout_s,
                   migration_limit=args.migration_limit, stall_timeout_s=args.stall_timeout_s,
                   max_body_bytes=args.max_body_bytes)
     return from_env(FrontendConfig, **{**values, **overrides})

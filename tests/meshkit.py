@@ -84,10 +84,10 @@ class Mesh:
         return process
 
     async def wait_models(self, model: str, num_workers: int, timeout_s: float = 30.0) -> None:
-        async def ready():
-            async with aiohttp.ClientSession() as session, session.get(f"{self.url}/v1/models") as response:
-                data = (await response.json())["data"]
-            return any(m["id"] == model and m["workers"] >= num_workers for m in data)
+        async def ready():  # /health lists live workers per model and stays public when API keys are on
+            async with aiohttp.ClientSession() as session, session.get(f"{self.url}/health") as response:
+                models = (await response.json())["models"]
+            return len(models.get(model, [])) >= num_workers
 
         await wait_for(ready, timeout_s, 0.05)
 
