@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from frontend import images, text
 from frontend.auth import auth_middleware
+from frontend.limits import Admission, admission_middleware
 from frontend.bus import Requester
 from frontend.errors import error_response
 from frontend.openapi import build_openapi
@@ -26,6 +27,7 @@ from shell.metrics import FrontendMetrics
 
 log = logging.getLogger("diffmesh.frontend")
 NC: web.AppKey[nats.NATS] = web.AppKey("diffmesh_nc", nats.NATS)
+ADMISSION: web.AppKey[Admission] = web.AppKey("diffmesh_admission", Admission)
 
 
 @web.middleware
@@ -82,11 +84,12 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    state, nc = request.app[STATE], request.app[NC]
+    state, nc, admission = request.app[STATE], request.app[NC], request.app[ADMISSION]
     models = state.registry.live_models()
     body = {"status": "healthy" if nc.is_connected else "unhealthy", "nats": nc.is_connected,
             "models": {name: [w.worker_id for w in ws] for name, ws in models.items()},
-            "in_flight": state.requester.num_in_flight}
+            "in_flight": state.requester.num_in_flight, "admitted": admission.num_inflight,
+            "admitted_peak": admission.peak, "max_inflight": admission.max_inflight, "turned_away": admission.num_rejected}
     return web.json_response(body, status=200 if nc.is_connected else 503)
 
 
@@ -110,13 +113,21 @@ def _refresh_router_gauges(state: AppState) -> None:
         m.workers.labels(name).set(len(workers))
 
 
+def _count_rejected(request: web.Request, response: web.Response) -> None:
+    endpoint = request.path.removeprefix("/v1/").replace("/", "_")
+    request.app[STATE].metrics.model("unknown").request_done(endpoint, "unary", str(response.status))
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(build_openapi())
 
 
 def build_app(config: FrontendConfig) -> web.Application:
-    app = web.Application(middlewares=[request_id_middleware, errors_middleware, auth_middleware(config)],
+    admission = Admission(config.max_inflight)
+    app = web.Application(middlewares=[request_id_middleware, errors_middleware, auth_middleware(config),
+                                       admission_middleware(admission, _count_rejected)],
                           client_max_size=config.max_body_bytes)
+    app[ADMISSION] = admission
     app.router.add_post("/v1/chat/completions", text.chat_completions)
     app.router.add_post("/v1/completions", text.completions)
     app.router.add_post("/v1/images/generations", images.generations)

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from shell.logs import request_id_var
 from frontend.errors import envelope, error_response, from_validation
+from frontend.limits import check_image
 from frontend.state import STATE, AppState, Dispatched, new_request_id, raise_if_error, read_body, serve_request
 from frontend.text import DONE, SSE_HEADERS
 from protocol.errors import InvalidRequest, MeshError
@@ -32,6 +33,7 @@ async def generations(request: web.Request) -> web.StreamResponse:
             req = image_decoder.decode(body)
         except msgspec.DecodeError as exc:
             raise from_validation(exc) from None
+        check_image(req, state.config.limits)
         entry = await state.registry.get(_pick_model(state, req))
         model = entry.card.name  # a label only once the model is known: client strings must not grow /metrics
         if "images" not in entry.card.kinds:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from shell.logs import request_id_var
 from frontend.errors import envelope, error_response, from_validation
+from frontend.limits import check_prompt, check_text
 from frontend.registry import ModelEntry
 from frontend.state import STATE, AppState, Dispatched, new_request_id, raise_if_error, read_body, serve_request
 from protocol.errors import InvalidRequest, MeshError
@@ -43,6 +44,7 @@ async def _handle(request: web.Request, kind: str) -> web.StreamResponse:
             req = (chat_decoder if kind == "chat" else completion_decoder).decode(body)
         except msgspec.DecodeError as exc:
             raise from_validation(exc) from None
+        check_text(req, state.config.limits)
         entry = await state.registry.get(req.model)
         model = req.model  # a label only once the model is known: client strings must not grow /metrics
         if kind not in entry.card.kinds:
@@ -58,6 +60,7 @@ async def _handle(request: web.Request, kind: str) -> web.StreamResponse:
 def _build_work(req: ChatCompletionRequest | CompletionRequest, entry: ModelEntry, kind: str, request_id: str | None) -> GenerateRequest:
     pre = entry.preprocessor
     tokens = pre.chat_tokens(req.messages) if kind == "chat" else pre.prompt_tokens(req.prompt)
+    check_prompt(len(tokens), entry.card.context_length, "$.messages" if kind == "chat" else "$.prompt")
     limit = entry.card.context_length or 2**31
     requested = getattr(req, "max_completion_tokens", None) or req.max_tokens
     max_tokens = requested or min(int(entry.card.defaults.get("max_tokens", 256)), max(limit - len(tokens), 1))

@@ -33,6 +33,23 @@ class NatsConfig:
 
 
 @dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask for; more is a 400 naming the field. Env DIFFMESH_LIMIT_<NAME>, flag --limit-<name>."""
+
+    max_messages: int = 256  # chat messages per request
+    max_images: int = 8  # image parts over all messages of a chat request
+    max_tokens: int = 32768  # completion tokens per request (the model's context bounds it too)
+    max_steps: int = 1024  # dLLM denoising steps (nvext.steps)
+    max_image_steps: int = 200  # image num_inference_steps
+    max_image_side: int = 4096  # image width or height in pixels
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) < 1:
+                raise ConfigError(f"limit {f.name}={getattr(self, f.name)} must be >= 1")
+
+
+@dataclass(frozen=True)
 class FrontendConfig:
     nats: NatsConfig = field(default_factory=NatsConfig)
     namespace: str = "dm"
@@ -41,6 +58,8 @@ class FrontendConfig:
     router_mode: str = "kv"  # kv | round_robin | random | least_loaded
     router_url: str | None = None  # None = embedded router; "nats" = the standalone `diffmesh router` service
     max_body_bytes: int = 16 * 1024 * 1024
+    max_inflight: int = 1024  # requests one frontend serves at once; more get 503 + Retry-After at once
+    limits: RequestLimits = field(default_factory=RequestLimits)
     request_timeout_s: float = 600.0
     migration_limit: int = 3  # re-sends of one request to other workers (worker lost, stalled, full); 0 = none
     stall_timeout_s: float = 15.0  # a reply stream quiet this long lost its worker (workers keep alive every 2 s)
@@ -56,7 +75,7 @@ class FrontendConfig:
             raise ConfigError(f"router_mode={self.router_mode!r} is not one of {', '.join(modes)}")
         if self.router_url not in (None, "nats"):
             raise ConfigError(f"router_url={self.router_url!r}: use 'nats' (standalone router) or leave it unset")
-        for name in ("port", "max_body_bytes"):
+        for name in ("port", "max_body_bytes", "max_inflight"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.migration_limit < 0 or self.stall_timeout_s < 0:

@@ -6,10 +6,12 @@ Each component adds its own flags (`router.cli`, `workers.<kind>.add_arguments`)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from shell.config import (
     FrontendConfig,
     NatsConfig,
+    RequestLimits,
     RuntimeConfig,
     from_env,
     nats_from_env,
@@ -60,6 +62,18 @@ def add_frontend_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stall-timeout", type=float, dest="stall_timeout_s",
                         help="seconds a reply stream may stay quiet before its worker counts as lost (default 15; 0 = off)")
     parser.add_argument("--max-body-bytes", type=int)
+    parser.add_argument("--max-inflight", type=int,
+                        help="requests served at once; more get 503 + Retry-After (env DIFFMESH_MAX_INFLIGHT, default 1024)")
+    limits = parser.add_argument_group("request limits (a request over one is a 400 naming the field; env DIFFMESH_LIMIT_*)")
+    for f in dataclasses.fields(RequestLimits):
+        limits.add_argument(f"--limit-{f.name.replace('_', '-')}", type=int, dest=f"limit_{f.name}",
+                            help=f"default {f.default}")
+
+
+def limits_config(args: argparse.Namespace) -> RequestLimits:
+    """RequestLimits from DIFFMESH_LIMIT_* variables, then the --limit-* flags."""
+    flags = {f.name: getattr(args, f"limit_{f.name}", None) for f in dataclasses.fields(RequestLimits)}
+    return from_env(RequestLimits, prefix="DIFFMESH_LIMIT_", **flags)
 
 
 def frontend_config(args: argparse.Namespace, **overrides) -> FrontendConfig:
@@ -69,7 +83,7 @@ def frontend_config(args: argparse.Namespace, **overrides) -> FrontendConfig:
                   api_key=args.api_key, api_key_file=args.api_key_file, public_paths=args.public_paths,
                   media_dir=args.media_dir, request_timeout_s=args.request_timeout_s,
                   migration_limit=args.migration_limit, stall_timeout_s=args.stall_timeout_s,
-                  max_body_bytes=args.max_body_bytes)
+                  max_body_bytes=args.max_body_bytes, max_inflight=args.max_inflight, limits=limits_config(args))
     return from_env(FrontendConfig, **{**values, **overrides})
 
 

@@ -58,6 +58,7 @@ class WorkerRuntime:
         self.num_waiting = 0
         self.num_cancelled = 0  # requests that ended because of a Cancel message
         self.num_served = 0
+        self.num_refused = 0  # requests answered Overloaded (full or draining)
         self.last_event_id = 0
         self._slots = asyncio.Semaphore(self.card.capacity)
         self._tasks: set[asyncio.Task] = set()
@@ -130,6 +131,7 @@ class WorkerRuntime:
                                                           message=f"bad work request: {exc}"))
             return
         if self._draining or self.num_active + self.num_waiting >= self.card.capacity + self.card.max_queue:
+            self.num_refused += 1
             error = Overloaded(f"worker {self.worker_id} is full", retry_after=1.0)
             await publish_reply(self.nc, msg.reply, _error_reply(request.request_id, 0, error))
             return
