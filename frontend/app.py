@@ -119,7 +119,8 @@ def _count_rejected(request: web.Request, response: web.Response) -> None:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(build_openapi())
+    state = request.app[STATE]
+    return web.json_response(build_openapi(limits=state.config.limits, models=list(state.registry.live_models())))
 
 
 def build_app(config: FrontendConfig) -> web.Application:

@@ -6,16 +6,15 @@ import base64
 import secrets
 import time
 
-import msgspec
 import numpy as np
 from aiohttp import web
 
 from shell.logs import request_id_var
-from frontend.errors import envelope, error_response, from_validation
+from frontend.errors import decode_body, envelope, error_response
 from frontend.limits import check_image
 from frontend.state import STATE, AppState, Dispatched, new_request_id, raise_if_error, read_body, serve_request
 from frontend.text import DONE, SSE_HEADERS
-from protocol.errors import InvalidRequest, MeshError
+from protocol.errors import InvalidRequest, MeshError, ModelNotFound
 from protocol.openai import (
     ImageCompletedEvent, ImageData, ImageGenerationRequest, ImagePartialEvent, ImagesResponse, ImageUsage, image_decoder,
     json_encoder,
@@ -29,15 +28,12 @@ async def generations(request: web.Request) -> web.StreamResponse:
     model = "unknown"
     try:
         body = await read_body(request, state.config.max_body_bytes)
-        try:
-            req = image_decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise from_validation(exc) from None
+        req = decode_body(image_decoder, body)
         check_image(req, state.config.limits)
         entry = await state.registry.get(_pick_model(state, req))
         model = entry.card.name  # a label only once the model is known: client strings must not grow /metrics
-        if "images" not in entry.card.kinds:
-            raise InvalidRequest(f"model {model!r} does not generate images", param="$.model")
+        if "images" not in entry.card.kinds:  # not found for this endpoint, as OpenAI answers
+            raise ModelNotFound(f"model {model!r} does not generate images", param="$.model")
         work = build_image_request(req, model, new_request_id(request_id_var.get() or "img"))
     except MeshError as exc:
         response = error_response(exc)
@@ -50,7 +46,9 @@ def _pick_model(state: AppState, req: ImageGenerationRequest) -> str:
     if req.model:
         return req.model
     image_models = [name for name, workers in state.registry.live_models().items() if workers[0].component == "image"]
-    if len(image_models) != 1:
+    if not image_models:
+        raise ModelNotFound("no image model is served here", param="$.model")
+    if len(image_models) > 1:
         raise InvalidRequest(f"`model` is required when {len(image_models)} image models are served", param="$.model")
     return image_models[0]
 

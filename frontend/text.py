@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import time
 
-import msgspec
 import numpy as np
 from aiohttp import web
 
 from shell.logs import request_id_var
-from frontend.errors import envelope, error_response, from_validation
+from frontend.errors import decode_body, envelope, error_response
 from frontend.limits import check_prompt, check_text
 from frontend.registry import ModelEntry
 from frontend.state import STATE, AppState, Dispatched, new_request_id, raise_if_error, read_body, serve_request
-from protocol.errors import InvalidRequest, MeshError
+from protocol.errors import InvalidRequest, MeshError, ModelNotFound
 from protocol.openai import (
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, Completion,
     CompletionChoice, CompletionRequest, CompletionTokensDetails, Delta, PromptTokensDetails, UsageInfo, chat_decoder,
@@ -40,15 +39,12 @@ async def _handle(request: web.Request, kind: str) -> web.StreamResponse:
     endpoint = "chat_completions" if kind == "chat" else "completions"
     try:
         body = await read_body(request, state.config.max_body_bytes)
-        try:
-            req = (chat_decoder if kind == "chat" else completion_decoder).decode(body)
-        except msgspec.DecodeError as exc:
-            raise from_validation(exc) from None
+        req = decode_body((chat_decoder if kind == "chat" else completion_decoder), body)
         check_text(req, state.config.limits)
         entry = await state.registry.get(req.model)
         model = req.model  # a label only once the model is known: client strings must not grow /metrics
-        if kind not in entry.card.kinds:
-            raise InvalidRequest(f"model {req.model!r} does not serve {kind}", param="$.model")
+        if kind not in entry.card.kinds:  # not found for this endpoint, as OpenAI answers
+            raise ModelNotFound(f"model {req.model!r} does not serve {kind}", param="$.model")
         work = _build_work(req, entry, kind, request_id_var.get())
     except MeshError as exc:
         response = error_response(exc)

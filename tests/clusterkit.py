@@ -18,21 +18,34 @@ class NatsCluster:
     """`size` clustered nodes named n0, n1, ...; `url` lists every node's client URL."""
 
     def __init__(self, size: int = 3, name: str = "diffmesh-test"):
-        cluster_ports = [free_port() for _ in range(size)]
+        self.size, self.name = size, name
+        self.nodes = self._build()
+
+    def _build(self) -> list[EmbeddedNats]:
+        cluster_ports = [free_port() for _ in range(self.size)]
         routes = ", ".join(f"nats://127.0.0.1:{port}" for port in cluster_ports)
-        self.nodes = [EmbeddedNats(port=None, extra=f"server_name: n{i}\ncluster {{\n  name: {name}\n"
-                                                      f"  listen: 127.0.0.1:{port}\n  routes: [{routes}]\n}}\n")
-                      for i, port in enumerate(cluster_ports)]
+        return [EmbeddedNats(port=None, extra=f"server_name: n{i}\ncluster {{\n  name: {self.name}\n"
+                                                f"  listen: 127.0.0.1:{port}\n  routes: [{routes}]\n}}\n")
+                for i, port in enumerate(cluster_ports)]
 
     @property
     def url(self) -> str:
         return ",".join(node.url for node in self.nodes)
 
-    def start(self, timeout_s: float = 30.0) -> NatsCluster:
-        for node in self.nodes:
-            node.start(wait=False)
-        for node in self.nodes:
-            node.wait_healthy(timeout_s)
+    def start(self, timeout_s: float = 30.0, tries: int = 3) -> NatsCluster:
+        """Start every node; free ports are picked then bound, so another process may take one first: retry."""
+        for attempt in range(tries):
+            try:
+                for node in self.nodes:
+                    node.start(wait=False)
+                for node in self.nodes:
+                    node.wait_healthy(timeout_s)
+                break
+            except RuntimeError as exc:
+                self.stop()
+                if "address already in use" not in str(exc) or attempt == tries - 1:
+                    raise
+                self.nodes = self._build()
         self.wait_meta_leader(timeout_s)
         return self
 

@@ -193,6 +193,7 @@ class WorkerRuntime:
         try:
             command = control_decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
+            log.warning("bad control message on %s dropped: %s", msg.subject, exc)
             await self._respond(msg, ControlAck(ok=False, detail=str(exc)))
             return
         match command:

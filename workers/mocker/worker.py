@@ -103,6 +103,10 @@ class MockerEngine:
             queue.put_nowait(item)
 
     def _sequence(self, request: GenerateRequest) -> MockSequence:
+        if not isinstance(request, GenerateRequest):
+            raise InvalidRequest("the mocker serves text generation only", param="$.model")
+        if len(request.token_ids) % 4:
+            raise InvalidRequest("token_ids must be int32 little-endian bytes", param="$.token_ids")
         prompt = tokens_from_bytes(request.token_ids)
         max_tokens = request.sampling.max_tokens
         if len(prompt) + max_tokens > self.config.context_length:
