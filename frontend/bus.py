@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 
 from protocol import subjects
 from protocol.control import Cancel, control_encoder
-from protocol.errors import DeadlineExceeded, MeshError, WorkerLost, WorkerUnavailable
+from protocol.errors import DeadlineExceeded, MeshError, ShuttingDown, WorkerLost, WorkerUnavailable
 from protocol.work import Reply, is_terminal, reply_decoder
 
 NO_RESPONDERS = "503"
@@ -110,7 +110,7 @@ class Requester:
         if self._sub is not None:
             await self._sub.unsubscribe()
         for stream in list(self._streams.values()):
-            stream.push(WorkerLost("frontend shutting down"))
+            stream.push(ShuttingDown("frontend shutting down", retry_after=1.0))
 
     async def _on_reply(self, msg: Msg) -> None:
         request_id = msg.subject.rsplit(".", 1)[-1]

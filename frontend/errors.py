@@ -23,6 +23,7 @@ HTTP_ERRORS: dict[str, tuple[int, str]] = {
     "worker_lost": (502, "upstream_error"),
     "overloaded": (503, "service_unavailable"),
     "worker_unavailable": (503, "service_unavailable"),
+    "shutting_down": (503, "service_unavailable"),
     "deadline_exceeded": (504, "timeout_error"),
 }
 
