@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
 import os
 import random
@@ -30,20 +29,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shell.bus import EmbeddedNats, free_port  # noqa: E402
+from shell.process import spawn  # noqa: E402
 
 PROMPTS = [f"chaos prompt {i}: tell me about the weather on day {i}" for i in range(8)]
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Children end when this script does, even on kill -9 (Linux)."""
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _spawn(*args: str) -> subprocess.Popen:
+    """A diffmesh process in its own group (killed -9 as a whole) that also dies with this script."""
     command = [sys.executable, "-m", "diffmesh.cli", "--log-level", "ERROR", *args]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, preexec_fn=_die_with_parent)
+    return spawn(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def _kill(process: subprocess.Popen) -> None:

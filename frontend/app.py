@@ -9,7 +9,7 @@ import nats
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from frontend import images, text
+from frontend import images, models, text
 from frontend.auth import auth_middleware
 from frontend.limits import Admission, admission_middleware
 from frontend.bus import Requester
@@ -18,12 +18,14 @@ from frontend.openapi import build_openapi
 from frontend.registry import ModelRegistry
 from frontend.state import STATE, AppState, new_request_id
 from protocol.errors import MeshError, NotFound
-from protocol.openai import ModelInfo, ModelList, json_encoder
 from router.service import build_router_service
-from shell.bus import connect
+from shell.blobs import BlobStore
+from shell.bus import close_bus, connect
 from shell.config import FrontendConfig
+from shell.images import ImageLoader
 from shell.logs import request_id_from_headers, request_id_var
 from shell.metrics import FrontendMetrics
+from shell.process import cannot_listen
 
 log = logging.getLogger("diffmesh.frontend")
 NC: web.AppKey[nats.NATS] = web.AppKey("diffmesh_nc", nats.NATS)
@@ -70,15 +72,6 @@ def _safe_id(value: str | None) -> str | None:
     return None
 
 
-async def list_models(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    data = []
-    for name, workers in sorted(state.registry.live_models().items()):
-        kinds = {"image": ["images"], "encode": ["embeddings"]}.get(workers[0].component, ["chat", "completions"])
-        data.append(ModelInfo(id=name, created=int(min(w.started_at for w in workers)), kinds=kinds, workers=len(workers)))
-    return web.Response(body=json_encoder.encode(ModelList(data=data)), content_type="application/json")
-
-
 async def live(request: web.Request) -> web.Response:
     return web.json_response({"status": "live"})
 
@@ -123,7 +116,8 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(build_openapi(limits=state.config.limits, models=list(state.registry.live_models())))
 
 
-def build_app(config: FrontendConfig) -> web.Application:
+def build_app(config: FrontendConfig, exported: FrontendMetrics | None = None) -> web.Application:
+    """The app; `exported` lets a launcher put its own metrics (e.g. process restarts) on this /metrics."""
     admission = Admission(config.max_inflight)
     app = web.Application(middlewares=[request_id_middleware, errors_middleware, auth_middleware(config),
                                        admission_middleware(admission, _count_rejected)],
@@ -132,7 +126,8 @@ def build_app(config: FrontendConfig) -> web.Application:
     app.router.add_post("/v1/chat/completions", text.chat_completions)
     app.router.add_post("/v1/completions", text.completions)
     app.router.add_post("/v1/images/generations", images.generations)
-    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models", models.list_models)
+    app.router.add_get("/v1/models/{model:.+}", models.retrieve_model)
     app.router.add_get("/health", health)
     app.router.add_get("/live", live)
     app.router.add_get("/ready", ready)
@@ -140,11 +135,11 @@ def build_app(config: FrontendConfig) -> web.Application:
     app.router.add_get("/openapi.json", openapi)
     if config.media_dir:
         app.router.add_static("/v1/files/", config.media_dir, follow_symlinks=False)
-    app.cleanup_ctx.append(_bus_context(config))
+    app.cleanup_ctx.append(_bus_context(config, exported))
     return app
 
 
-def _bus_context(config: FrontendConfig):
+def _bus_context(config: FrontendConfig, exported: FrontendMetrics | None):
     async def context(app: web.Application):
         nc = await connect(config.nats, name="diffmesh-frontend")
         router_service = build_router_service(nc, config.namespace, config.router_mode, config.router_url)
@@ -153,23 +148,30 @@ def _bus_context(config: FrontendConfig):
         router_service.on_worker_lost(requester.fail_worker)
         await requester.start()
         await router_service.start()
-        metrics = FrontendMetrics()
+        media = ImageLoader(config.media)
         app[NC] = nc
-        app[STATE] = AppState(config, requester, router_service, registry, metrics)
+        app[STATE] = AppState(config, requester, router_service, registry, exported or FrontendMetrics(), media,
+                              BlobStore(nc, config.namespace, config.max_inline_bytes))
         yield
         await router_service.stop()
         await requester.stop()
-        await nc.drain()
+        await media.close()
+        await close_bus(nc)
 
     return context
 
 
-async def run_frontend(config: FrontendConfig, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
-    """Serve until `stop` is set (or forever)."""
-    runner = web.AppRunner(build_app(config), handler_cancellation=True, access_log=None)
+async def run_frontend(config: FrontendConfig, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
+                       metrics: FrontendMetrics | None = None) -> None:
+    """Serve until `stop` is set (or forever). A port that cannot be bound is a StartupError (one line)."""
+    runner = web.AppRunner(build_app(config, metrics), handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_port=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise cannot_listen("--port", config.host, config.port, exc) from exc
     log.info("frontend listening on http://%s:%d", config.host, config.port)
     if ready is not None:
         ready.set()

@@ -10,14 +10,16 @@ import numpy as np
 from aiohttp import web
 
 from shell.logs import request_id_var
+from frontend.capabilities import check_image
 from frontend.errors import decode_body, envelope, error_response
-from frontend.limits import check_image
+from frontend.limits import check_image_limits
 from frontend.state import STATE, AppState, Dispatched, new_request_id, raise_if_error, read_body, serve_request
 from frontend.text import DONE, SSE_HEADERS
 from protocol.errors import InvalidRequest, MeshError, ModelNotFound
-from protocol.openai import (
-    ImageCompletedEvent, ImageData, ImageGenerationRequest, ImagePartialEvent, ImagesResponse, ImageUsage, image_decoder,
-    json_encoder,
+from protocol.openai import json_encoder
+from protocol.openai_images import (
+    ImageCompletedEvent, ImageData, ImageGenerationRequest, ImageNvExt, ImagePartialEvent, ImagesResponse, ImageUsage,
+    image_decoder,
 )
 from protocol.routing import RouteRequest
 from protocol.work import Final, ImageOutput, ImageRequest
@@ -29,11 +31,12 @@ async def generations(request: web.Request) -> web.StreamResponse:
     try:
         body = await read_body(request, state.config.max_body_bytes)
         req = decode_body(image_decoder, body)
-        check_image(req, state.config.limits)
+        check_image_limits(req, state.config.limits)
         entry = await state.registry.get(_pick_model(state, req))
         model = entry.card.name  # a label only once the model is known: client strings must not grow /metrics
         if "images" not in entry.card.kinds:  # not found for this endpoint, as OpenAI answers
             raise ModelNotFound(f"model {model!r} does not generate images", param="$.model")
+        check_image(req, entry.card)
         work = build_image_request(req, model, new_request_id(request_id_var.get() or "img"))
     except MeshError as exc:
         response = error_response(exc)
@@ -54,26 +57,31 @@ def _pick_model(state: AppState, req: ImageGenerationRequest) -> str:
 
 
 def build_image_request(req: ImageGenerationRequest, model: str, request_id: str) -> ImageRequest:
-    """Cross-field checks the schema cannot express, then the bus request."""
-    if req.background == "transparent" and req.output_format == "jpeg":
+    """Cross-field checks the schema cannot express, then the bus request (a null field means its default)."""
+    output_format, background = req.output_format or "png", req.background or "auto"
+    if background == "transparent" and output_format == "jpeg":
         raise InvalidRequest("background=transparent needs output_format png or webp", param="$.background")
-    if req.output_compression is not None and req.output_format == "png":
+    if req.output_compression is not None and output_format == "png":
         raise InvalidRequest("output_compression applies to jpeg and webp only", param="$.output_compression")
     if req.partial_images and not req.stream:
         raise InvalidRequest("partial_images needs stream=true", param="$.partial_images")
     width = height = None
-    if req.size != "auto":
+    if req.size and req.size != "auto":
         width, height = (int(v) for v in req.size.split("x"))
-    ext = req.nvext
-    seed = ext.seed if ext and ext.seed is not None else req.seed
-    if seed is None:  # drawn here, not on the worker, so a request that restarts elsewhere draws the same images
-        seed = secrets.randbits(63)
-    return ImageRequest(request_id=request_id, model=model, prompt=req.prompt, n=req.n, width=width, height=height,
-                        num_inference_steps=ext.num_inference_steps if ext else None, quality=req.quality,
-                        guidance_scale=ext.guidance_scale if ext else None, negative_prompt=ext.negative_prompt if ext else None,
-                        seed=seed, output_format=req.output_format, output_compression=req.output_compression,
-                        background=req.background, response_format=req.response_format, user=req.user, stream=req.stream,
-                        partial_images=req.partial_images, step_cache=ext.step_cache if ext else None)
+    ext = req.nvext or ImageNvExt()
+    return ImageRequest(request_id=request_id, model=model, prompt=req.prompt, n=req.n or 1, width=width, height=height,
+                        num_inference_steps=ext.num_inference_steps, quality=req.quality or "auto",
+                        guidance_scale=ext.guidance_scale, negative_prompt=ext.negative_prompt,
+                        seed=_seed(req, ext), output_format=output_format,
+                        output_compression=req.output_compression, background=background,
+                        response_format=req.response_format or "b64_json", user=req.safety_identifier or req.user,
+                        stream=bool(req.stream), partial_images=req.partial_images or 0, step_cache=ext.step_cache)
+
+
+def _seed(req: ImageGenerationRequest, ext: ImageNvExt) -> int:
+    """The request's seed, or one drawn here (not on the worker), so a request restarted elsewhere draws the same."""
+    seed = ext.seed if ext.seed is not None else req.seed
+    return secrets.randbits(63) if seed is None else seed
 
 
 def routing_tokens(work: ImageRequest) -> bytes:
@@ -86,11 +94,11 @@ async def _serve(request: web.Request, state: AppState, req: ImageGenerationRequ
                          worker_id=req.nvext.worker_id if req.nvext else None)
 
     async def respond(dispatched: Dispatched) -> web.StreamResponse:
-        if req.stream:
-            return await _stream(request, dispatched, req)
-        return await _collect(state, dispatched, req, work.model)
+        if work.stream:
+            return await _stream(request, dispatched, work)
+        return await _collect(state, dispatched, work)
 
-    return await serve_request(state, route, work, "images_generations", req.stream, respond)
+    return await serve_request(state, route, work, "images_generations", work.stream, respond)
 
 
 def _image_data(out: ImageOutput) -> ImageData:
@@ -99,7 +107,7 @@ def _image_data(out: ImageOutput) -> ImageData:
     return ImageData(b64_json=base64.b64encode(out.data).decode())
 
 
-async def _collect(state: AppState, d: Dispatched, req: ImageGenerationRequest, model: str) -> web.Response:
+async def _collect(state: AppState, d: Dispatched, req: ImageRequest) -> web.Response:
     images: dict[int, ImageData] = {}
     sizes = set()
     reply = d.first
@@ -108,7 +116,7 @@ async def _collect(state: AppState, d: Dispatched, req: ImageGenerationRequest, 
             images[reply.index] = _image_data(reply)
             sizes.add(f"{reply.width}x{reply.height}")
         reply = raise_if_error(await d.stream.next())
-    state.metrics.model(model).images.inc(len(images))
+    state.metrics.model(req.model).images.inc(len(images))
     body = ImagesResponse(created=int(time.time()), data=[images[i] for i in sorted(images)], output_format=req.output_format,
                           quality=req.quality, background=req.background, size=sizes.pop() if len(sizes) == 1 else None,
                           usage=ImageUsage(output_tokens=0))
@@ -116,7 +124,7 @@ async def _collect(state: AppState, d: Dispatched, req: ImageGenerationRequest, 
                         headers={"x-diffmesh-worker": d.decision.worker_id})
 
 
-async def _stream(request: web.Request, d: Dispatched, req: ImageGenerationRequest) -> web.StreamResponse:
+async def _stream(request: web.Request, d: Dispatched, req: ImageRequest) -> web.StreamResponse:
     response = web.StreamResponse(headers={**SSE_HEADERS, "x-diffmesh-worker": d.decision.worker_id})
     await response.prepare(request)
     reply = d.first
@@ -134,7 +142,7 @@ async def _stream(request: web.Request, d: Dispatched, req: ImageGenerationReque
     return response
 
 
-def _event(out: ImageOutput, req: ImageGenerationRequest) -> bytes:
+def _event(out: ImageOutput, req: ImageRequest) -> bytes:
     common = dict(b64_json=base64.b64encode(out.data).decode(), created_at=int(time.time()), output_format=out.output_format,
                   size=f"{out.width}x{out.height}", quality=req.quality, background=req.background)
     if out.partial_index is not None:

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from frontend.errors import error_response
 from protocol.errors import InvalidRequest, Overloaded
-from protocol.openai import ChatCompletionRequest, CompletionRequest, ImageGenerationRequest, ImageUrlPart
+from protocol.openai import ChatCompletionRequest, CompletionRequest, ImageUrlPart
+from protocol.openai_images import ImageGenerationRequest
 from shell.config import RequestLimits
 
 RETRY_AFTER_S = 1.0
@@ -22,7 +23,7 @@ def _over(value: int | None, limit: int, param: str, what: str) -> None:
         raise InvalidRequest(f"{what} is {value}; this server allows at most {limit}", param=param)
 
 
-def check_text(req: ChatCompletionRequest | CompletionRequest, limits: RequestLimits) -> None:
+def check_text_limits(req: ChatCompletionRequest | CompletionRequest, limits: RequestLimits) -> None:
     """Counts a chat or text completion request may not exceed (message count, images, max_tokens, dLLM steps)."""
     _over(req.max_tokens, limits.max_tokens, "$.max_tokens", "max_tokens")
     _over(getattr(req, "max_completion_tokens", None), limits.max_tokens, "$.max_completion_tokens", "max_completion_tokens")
@@ -48,8 +49,8 @@ def check_prompt(num_tokens: int, context_length: int, param: str) -> None:
                              param=param)
 
 
-def check_image(req: ImageGenerationRequest, limits: RequestLimits) -> None:
-    if req.size != "auto":
+def check_image_limits(req: ImageGenerationRequest, limits: RequestLimits) -> None:
+    if req.size and req.size != "auto":
         width, height = (int(v) for v in req.size.split("x"))
         _over(max(width, height), limits.max_image_side, "$.size", "the image side")
     steps = req.nvext.num_inference_steps if req.nvext else None

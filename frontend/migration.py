@@ -190,10 +190,8 @@ class MigratingStream:
         self.state.requester.close(self.bus_id)
         self.state.router.on_finish(self.bus_id)
 
-    def abandon(self) -> None:
-        """The client went away: tell the worker to stop (fire-and-forget; we may be inside a cancelled task)."""
+    def close(self) -> None:
+        """Done with the request: a worker still producing for it is told to stop (fire-and-forget; we may be inside
+        a cancelled task). Idempotent."""
         self.is_cancelled = True
         self._end_attempt(cancel=not self.done)
-
-    def release(self) -> None:
-        self._end_attempt(cancel=False)

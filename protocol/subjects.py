@@ -82,3 +82,8 @@ def models_bucket(ns: str) -> str:
 def files_bucket(ns: str) -> str:
     """JetStream Object Store bucket of tokenizer files and other model assets."""
     return f"{ns}_model_files"
+
+
+def blobs_bucket(ns: str) -> str:
+    """JetStream Object Store bucket of per-request media and embeddings too large for one message (with a TTL)."""
+    return f"{ns}_blobs"

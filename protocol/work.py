@@ -6,11 +6,15 @@ Token ids travel as int32 little-endian bytes (see protocol.kv.tokens_from_bytes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
+import numpy as np
 
-from protocol.kv import MmObject
+from protocol.kv import TOKEN_DTYPE, MmObject
+
+LOGPROB_DTYPE = np.dtype("<f4")  # log-probabilities on the bus: float32 little-endian bytes
 
 
 class BusMsg(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"):
@@ -25,6 +29,8 @@ class SamplingOptions(msgspec.Struct, frozen=True, kw_only=True):
     stop: list[str] = []  # stop strings; the matched string is not returned
     stop_token_ids: list[int] = []
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and its k most likely alternatives
+    logit_bias: dict[int, float] = {}  # token id -> added to its logit before sampling (feature "logit_bias")
 
 
 class DiffusionOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,6 +44,15 @@ class DiffusionOptions(msgspec.Struct, frozen=True, kw_only=True):
     use_cache: bool | None = None  # block KV cache on/off
 
 
+class TensorData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A tensor on the bus: dtype, shape and C-order bytes, inline or (over the payload limit) in the Object Store."""
+
+    dtype: str  # float32 | float16 | bfloat16
+    shape: list[int]
+    data: bytes = b""  # inline bytes; empty when object_name is set
+    object_name: str | None = None  # object in the {ns}_blobs bucket (the requester deletes it when done)
+
+
 class GenerateRequest(BusMsg, kw_only=True, tag="generate"):
     """Text generation (chat and completions are both token-in, text-out on the bus)."""
 
@@ -47,6 +62,7 @@ class GenerateRequest(BusMsg, kw_only=True, tag="generate"):
     sampling: SamplingOptions
     diffusion: DiffusionOptions | None = None
     mm_objects: list[MmObject] = []
+    mm_embeddings: list[TensorData] = []  # one per mm_objects entry: [placeholder tokens, hidden] from an encode worker
     stream: bool = True  # False: the worker may send only the Final message
     deadline_s: float | None = None  # seconds the requester will wait in all
     # Continuation after a migration: the last `num_generated` ids of token_ids are output another worker generated
@@ -80,7 +96,18 @@ class ImageRequest(BusMsg, kw_only=True, tag="image"):
     deadline_s: float | None = None
 
 
-WorkRequest = GenerateRequest | ImageRequest
+class EncodeRequest(BusMsg, kw_only=True, tag="encode"):
+    """One image to embed (requests are routed per image, by mm_hash); the worker batches across callers."""
+
+    request_id: str
+    model: str  # the encode worker's served name
+    mm_hash: int  # protocol.kv.image_mm_hash of the decoded pixels: the embedding cache key
+    image: bytes = b""  # the encoded image (JPEG/PNG/WEBP) inline, or
+    image_object: str | None = None  # ... its object in the {ns}_blobs bucket
+    deadline_s: float | None = None
+
+
+WorkRequest = GenerateRequest | ImageRequest | EncodeRequest
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -89,6 +116,33 @@ class Usage(msgspec.Struct, kw_only=True):
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
     forward_passes: int = 0  # model forwards spent on this request (NFE)
     images: int = 0
+
+
+class TokenLogprobs(msgspec.Struct, frozen=True, kw_only=True):
+    """Log-probabilities of the tokens a Chunk or Final carries, aligned with its `token_ids`."""
+
+    logprobs: bytes = b""  # float32 LE, one per token: the log-probability of the token that was produced
+    num_top: int = 0  # alternatives per token
+    top_ids: bytes = b""  # int32 LE, num_top per token, most likely first
+    top_logprobs: bytes = b""  # float32 LE, aligned with top_ids
+
+
+def pack_logprobs(logprobs: Sequence[float], top_ids: Sequence[Sequence[int]] = (),
+                  top_logprobs: Sequence[Sequence[float]] = (), num_top: int = 0) -> TokenLogprobs:
+    """`top_ids`/`top_logprobs` hold `num_top` entries per token (ignored when num_top is 0)."""
+    if not num_top:
+        return TokenLogprobs(logprobs=np.asarray(logprobs, dtype=LOGPROB_DTYPE).tobytes())
+    return TokenLogprobs(logprobs=np.asarray(logprobs, dtype=LOGPROB_DTYPE).tobytes(), num_top=num_top,
+                         top_ids=np.asarray(top_ids, dtype=TOKEN_DTYPE).tobytes(),
+                         top_logprobs=np.asarray(top_logprobs, dtype=LOGPROB_DTYPE).tobytes())
+
+
+def unpack_logprobs(packed: TokenLogprobs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logprobs [n], top_ids [n, num_top], top_logprobs [n, num_top])."""
+    logprobs = np.frombuffer(packed.logprobs, dtype=LOGPROB_DTYPE)
+    shape = (len(logprobs), packed.num_top)
+    top_ids = np.frombuffer(packed.top_ids, dtype=TOKEN_DTYPE).reshape(shape)
+    return logprobs, top_ids, np.frombuffer(packed.top_logprobs, dtype=LOGPROB_DTYPE).reshape(shape)
 
 
 class Ack(BusMsg, kw_only=True, tag="ack"):
@@ -109,6 +163,7 @@ class Chunk(BusMsg, kw_only=True, tag="chunk"):
     token_ids: bytes = b""  # int32 LE, the tokens behind `text` (may run ahead of text at a cut UTF-8 char)
     forward_passes: int = 0  # cumulative, so a client can see progress per forward
     pieces: list[str] = []  # optional split of `text` into stream events (tokens coalesced into one bus message)
+    logprobs: TokenLogprobs | None = None  # when the request asked for them, aligned with token_ids
 
 
 class ImageOutput(BusMsg, kw_only=True, tag="image_output"):
@@ -125,6 +180,16 @@ class ImageOutput(BusMsg, kw_only=True, tag="image_output"):
     partial_index: int | None = None
 
 
+class EmbeddingOutput(BusMsg, kw_only=True, tag="embedding"):
+    """An image's embedding ([tokens, hidden], projected to the language model's hidden size)."""
+
+    request_id: str
+    seq: int
+    mm_hash: int
+    embedding: TensorData
+    cached: bool = False  # served from the worker's embedding cache (no forward pass)
+
+
 class Final(BusMsg, kw_only=True, tag="final"):
     """Terminal success message; `text` holds what was not yet sent in chunks."""
 
@@ -132,6 +197,7 @@ class Final(BusMsg, kw_only=True, tag="final"):
     seq: int
     text: str = ""
     token_ids: bytes = b""
+    logprobs: TokenLogprobs | None = None  # when the request asked for them, aligned with token_ids
     finish_reason: Literal["stop", "length", "cancelled", "error"] | None = "stop"
     usage: Usage = msgspec.field(default_factory=Usage)
     worker_id: str = ""
@@ -148,7 +214,7 @@ class Error(BusMsg, kw_only=True, tag="error"):
     retry_after: float | None = None
 
 
-Reply = Ack | Chunk | ImageOutput | Final | Error
+Reply = Ack | Chunk | ImageOutput | EmbeddingOutput | Final | Error
 
 work_encoder = msgspec.msgpack.Encoder()
 work_decoder = msgspec.msgpack.Decoder(WorkRequest)

@@ -64,7 +64,7 @@ async def _objects(js, ns: str, replicas: int = 1):
 READ_ATTEMPTS = 3  # reads answer a waiting client: a few tries, then its request fails with a 503
 
 
-async def _retry(op, attempts: int = 40):
+async def retry(op, attempts: int = 40):
     """JetStream writes right after bucket creation can race the stream leader election (NoResponders)."""
     for attempt in range(attempts):
         try:
@@ -94,13 +94,13 @@ async def publish_model(nc: nats.NATS, ns: str, card: ModelCard, files: dict[str
     tokenizer = files.get("tokenizer.json")
     if tokenizer is not None:
         digest = hashlib.sha256(tokenizer).hexdigest()
-        store = await _retry(lambda: _objects(js, ns, replicas))
-        if not await _retry(lambda: _has_object(store, digest)):
-            await _retry(lambda: store.put(digest, tokenizer))
+        store = await retry(lambda: _objects(js, ns, replicas))
+        if not await retry(lambda: _has_object(store, digest)):
+            await retry(lambda: store.put(digest, tokenizer))
         updates = {"tokenizer_object": digest, "tokenizer_sha256": digest}
     card = msgspec.structs.replace(card, **updates)
-    kv = await _retry(lambda: _kv(js, ns, replicas))
-    await _retry(lambda: kv.put(card_key(card.name), event_encoder.encode(card)))
+    kv = await retry(lambda: _kv(js, ns, replicas))
+    await retry(lambda: kv.put(card_key(card.name), event_encoder.encode(card)))
     return card
 
 
@@ -113,7 +113,7 @@ async def fetch_card(nc: nats.NATS, ns: str, model: str) -> ModelCard | None:
         return await kv.get(card_key(model))
 
     try:
-        entry = await _retry(get, attempts=READ_ATTEMPTS)
+        entry = await retry(get, attempts=READ_ATTEMPTS)
     except (BucketNotFoundError, NotFoundError):
         return None
     return card_decoder.decode(entry.value) if entry.value else None
@@ -124,4 +124,4 @@ async def fetch_file(nc: nats.NATS, ns: str, name: str) -> bytes:
         store = await nc.jetstream().object_store(subjects.files_bucket(ns))
         return (await store.get(name)).data
 
-    return await _retry(get, attempts=READ_ATTEMPTS)
+    return await retry(get, attempts=READ_ATTEMPTS)

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from frontend.errors import decode_body
 from protocol import control, events, routing, work
 from protocol.errors import InvalidRequest
-from protocol.openai import chat_decoder, completion_decoder, image_decoder
+from protocol.openai import chat_decoder, completion_decoder
+from protocol.openai_images import image_decoder
 
 DECODERS = {
     "work": work.work_decoder, "reply": work.reply_decoder, "control": control.control_decoder,
@@ -63,7 +64,8 @@ def test_http_body_decoding_is_a_request_or_a_400_naming_a_field(decoder, body):
 def test_integral_floats_count_as_integers_as_json_schema_says():
     body = b'{"model": "m", "prompt": [1.0, 2], "max_tokens": 3.0}'
     assert decode_body(completion_decoder, body).prompt == [1, 2]
-    for bad in (b'{"model": "m", "prompt": [1.5]}', b'{"model": "m", "prompt": ["1"]}'):
+    for bad, param in ((b'{"model": "m", "prompt": [1.5]}', "$.prompt[0]"), (b'{"model": "m", "prompt": "p", "max_tokens": 2.5}',
+                                                                                "$.max_tokens")):
         with pytest.raises(InvalidRequest) as info:
             decode_body(completion_decoder, bad)
-        assert info.value.param == "$.prompt[0]"
+        assert info.value.param == param

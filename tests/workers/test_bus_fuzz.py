@@ -135,7 +135,9 @@ async def test_a_heartbeat_with_absurd_values_is_logged_and_dropped(served, fiel
         await nc.publish(subjects.heartbeat(mesh.namespace, card.worker_id), msgspec.msgpack.encode(beat))
     await mesh.wait_models("ghost-model", 1)
     try:
-        assert await _listed(mesh) == {"mocker": [worker.worker_id], "ghost-model": ["ghost-ok"]}
+        listed = await _listed(mesh)  # (heartbeats the fuzz above drew may still be listed under other names)
+        assert listed["mocker"] == [worker.worker_id] and listed["ghost-model"] == ["ghost-ok"]
+        assert "ghost" not in {w for ws in listed.values() for w in ws}
         assert "bad heartbeat" in " ".join(r.getMessage() for r in caplog.records)
         await _serves(mesh)
     finally:
@@ -149,4 +151,4 @@ async def _listed(mesh) -> dict[str, list[str]]:
 
 
 async def _only_the_real_worker(mesh) -> bool:
-    return set(await _listed(mesh)) == {"mocker"}
+    return "ghost-model" not in await _listed(mesh)

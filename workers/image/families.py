@@ -14,7 +14,7 @@ from typing import Literal
 from protocol.errors import InvalidRequest
 
 StepCacheKind = Literal["unet", "first_block"] | None
-QUALITY_STEP_FACTORS = {"auto": 1.0, "standard": 1.0, "medium": 1.0, "low": 0.5, "high": 1.5, "hd": 1.5}
+QUALITY_STEP_FACTORS = {"auto": 1.0, "standard": 1.0, "medium": 1.0, "low": 0.5, "high": 1.5, "hd": 1.5, "xhigh": 2.0, "max": 2.5}
 MODEL_OVERRIDES_FILE = "diffmesh.json"
 
 

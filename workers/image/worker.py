@@ -13,7 +13,7 @@ from pathlib import Path
 
 from shell.config import MODEL_CACHE_DIR, from_env
 from protocol.errors import InvalidRequest
-from protocol.events import ModelCard
+from protocol.events import HealthCheck, ModelCard
 from protocol.work import Final, ImageOutput, ImageRequest, WorkRequest
 from workers.contract import KvEventSink, RequestContext
 from workers.image.storage import DEFAULT_STORAGE_URL, StorageConfig
@@ -54,6 +54,7 @@ class ImageWorker:
             output_modalities=["image"],
             defaults=self._defaults(),
             created=int(time.time()),
+            health_check=HealthCheck.images(self.model_name, self._defaults()["size"]),
         )
 
     def _defaults(self) -> dict[str, float | int | str | bool]:

@@ -8,12 +8,13 @@ import math
 import time
 
 from protocol.errors import InvalidRequest
-from protocol.events import ModelCard
+from protocol.events import HealthCheck, ModelCard
 from protocol.kv import sequence_block_hashes, tokens_from_bytes, tokens_to_bytes
 from protocol.work import Chunk, Final, GenerateRequest, Usage
 from workers.mocker.engine import MockerConfig, MockerScheduler, MockSequence, simulated_seconds, token_seed
 from workers.mocker.tokenizer import BOS, CHAT_TEMPLATE, EOS, build_tokenizer, word_token_ids
 from workers.runtime import KvEventSink, RequestContext
+from workers.logprobs import LogprobBuffer
 from workers.textstream import TextStream
 
 _END = object()
@@ -46,7 +47,8 @@ class MockerEngine:
     def model_card(self) -> ModelCard:
         return ModelCard(name=self.model, component=self.component, kinds=["chat", "completions"], block_size=self.config.block_size,
                          context_length=self.config.context_length, chat_template=CHAT_TEMPLATE, bos_token=BOS, eos_token=EOS,
-                         defaults={"max_tokens": self.default_max_tokens}, created=int(time.time()))
+                         defaults={"max_tokens": self.default_max_tokens}, features=["logprobs"], created=int(time.time()),
+                         health_check=HealthCheck.chat(self.model))
 
     def model_files(self) -> dict[str, bytes]:
         return {"tokenizer.json": self.tokenizer.to_str().encode()}
@@ -118,15 +120,17 @@ class MockerEngine:
         # a continuation draws the tokens a clean run draws: seeded by the original prompt, counted from k
         seed = token_seed(request.token_ids[: 4 * (len(prompt) - k)], request.sampling.seed)
         local, chained = sequence_block_hashes(prompt, self.config.block_size, request.mm_objects)
-        return MockSequence(request.request_id, len(prompt), chained, local, max_tokens, seed, first_index=k,
+        return MockSequence(request.request_id, len(prompt), chained, local, max_tokens, seed,
+                            temperature=request.sampling.temperature, top_p=request.sampling.top_p, first_index=k,
                             prompt_tokens=prompt)
 
     async def generate(self, request: GenerateRequest, ctx: RequestContext):
         seq = self._sequence(request)
         stream = TextStream(self.tokenizer.decode, request.sampling.stop)
         stream.resume(tokens_from_bytes(request.token_ids[len(request.token_ids) - 4 * request.num_generated:]).tolist())
+        logprobs = _Logprobs(self.scheduler.distribution, seq.token_seed, request.sampling.logprobs, seq.first_index)
         if stream.stopped or seq.max_tokens <= 0:  # the last attempt had finished; only its Final was lost
-            yield self._final(request, seq, stream, "stop" if stream.stopped else "length", [])
+            yield self._final(request, seq, stream, logprobs, "stop" if stream.stopped else "length", [])
             return
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[request.request_id] = queue
@@ -143,13 +147,15 @@ class MockerEngine:
                 ids = [i for i in items if isinstance(i, int)]
                 # streams get one piece per token (one SSE event each); a whole answer is decoded in one go
                 pieces = [p for p in (stream.push([i]) for i in ids) if p] if request.stream else [stream.push(ids)]
+                logprobs.add(ids)
                 if _CANCEL in items:
                     finish_reason = "cancelled"
                 elif stream.stopped:
                     finish_reason = "stop"
                 if pieces and request.stream:
-                    yield Chunk(request_id=request.request_id, seq=0, text="".join(pieces), token_ids=tokens_to_bytes(ids),
-                                pieces=pieces if len(pieces) > 1 else [])
+                    yield Chunk(request_id=request.request_id, seq=0, text="".join(pieces), token_ids=tokens_to_bytes(logprobs.ids),
+                                pieces=pieces if len(pieces) > 1 else [], logprobs=logprobs.take())
+                    logprobs.ids = []
                 elif pieces:
                     held.extend(pieces)
                 if _END in items:
@@ -157,14 +163,35 @@ class MockerEngine:
         finally:
             self._queues.pop(request.request_id, None)
             self.scheduler.cancel(request.request_id)
-        yield self._final(request, seq, stream, finish_reason, held)
+        yield self._final(request, seq, stream, logprobs, finish_reason, held)
 
     @staticmethod
-    def _final(request: GenerateRequest, seq: MockSequence, stream: TextStream, finish_reason: str, held: list[str]) -> Final:
+    def _final(request: GenerateRequest, seq: MockSequence, stream: TextStream, logprobs: _Logprobs, finish_reason: str,
+               held: list[str]) -> Final:
         usage = Usage(prompt_tokens=seq.prompt_len, completion_tokens=len(stream.ids) - request.num_generated,
-                      cached_tokens=seq.cached_tokens)
+                      cached_tokens=seq.cached_tokens)  # a continuation counts its own tokens only
         return Final(request_id=request.request_id, seq=0, text="".join(held) + stream.flush(), finish_reason=finish_reason,
-                     usage=usage)
+                     token_ids=tokens_to_bytes(logprobs.ids), logprobs=logprobs.take(), usage=usage)
+
+
+class _Logprobs:
+    """Token ids not yet sent and, when the request asked, their logprobs under the mocker's distribution."""
+
+    def __init__(self, distribution, token_seed: int, num_top: int | None, first_index: int = 0):
+        self.distribution, self.token_seed, self.num_top = distribution, token_seed, num_top
+        self.ids: list[int] = []
+        self.index = first_index  # position of the next generated token (a continuation starts after the delivered)
+        self.buffer = LogprobBuffer(num_top or 0)
+
+    def add(self, ids: list[int]) -> None:
+        self.ids.extend(ids)
+        if self.num_top is not None:
+            for token in ids:
+                self.buffer.add(*self.distribution.logprobs(self.token_seed, self.index, token, self.num_top))
+                self.index += 1
+
+    def take(self):
+        return self.buffer.take() if self.num_top is not None else None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
