@@ -46,7 +46,11 @@ class NatsCluster:
                 if "address already in use" not in str(exc) or attempt == tries - 1:
                     raise
                 self.nodes = self._build()
-        self.wait_meta_leader(timeout_s)
+        try:
+            self.wait_meta_leader(timeout_s)
+        except BaseException:
+            self.stop()  # no node outlives a failed start
+            raise
         return self
 
     def wait_meta_leader(self, timeout_s: float = 30.0) -> str:
