@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import base64
+import secrets
 import time
 
-import msgspec
 import numpy as np
 from aiohttp import web
 
 from shell.logs import request_id_var
 from frontend.capabilities import check_image
-from frontend.errors import envelope, error_response, from_validation
+from frontend.errors import decode_body, envelope, error_response
+from frontend.limits import check_image_limits
 from frontend.state import STATE, AppState, Dispatched, new_request_id, raise_if_error, read_body, serve_request
 from frontend.text import DONE, SSE_HEADERS
-from protocol.errors import InvalidRequest, MeshError
+from protocol.errors import InvalidRequest, MeshError, ModelNotFound
 from protocol.openai import json_encoder
 from protocol.openai_images import (
     ImageCompletedEvent, ImageData, ImageGenerationRequest, ImageNvExt, ImagePartialEvent, ImagesResponse, ImageUsage,
@@ -29,14 +30,12 @@ async def generations(request: web.Request) -> web.StreamResponse:
     model = "unknown"
     try:
         body = await read_body(request, state.config.max_body_bytes)
-        try:
-            req = image_decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise from_validation(exc) from None
+        req = decode_body(image_decoder, body)
+        check_image_limits(req, state.config.limits)
         entry = await state.registry.get(_pick_model(state, req))
         model = entry.card.name  # a label only once the model is known: client strings must not grow /metrics
-        if "images" not in entry.card.kinds:
-            raise InvalidRequest(f"model {model!r} does not generate images", param="$.model")
+        if "images" not in entry.card.kinds:  # not found for this endpoint, as OpenAI answers
+            raise ModelNotFound(f"model {model!r} does not generate images", param="$.model")
         check_image(req, entry.card)
         work = build_image_request(req, model, new_request_id(request_id_var.get() or "img"))
     except MeshError as exc:
@@ -50,7 +49,9 @@ def _pick_model(state: AppState, req: ImageGenerationRequest) -> str:
     if req.model:
         return req.model
     image_models = [name for name, workers in state.registry.live_models().items() if workers[0].component == "image"]
-    if len(image_models) != 1:
+    if not image_models:
+        raise ModelNotFound("no image model is served here", param="$.model")
+    if len(image_models) > 1:
         raise InvalidRequest(f"`model` is required when {len(image_models)} image models are served", param="$.model")
     return image_models[0]
 
@@ -71,10 +72,16 @@ def build_image_request(req: ImageGenerationRequest, model: str, request_id: str
     return ImageRequest(request_id=request_id, model=model, prompt=req.prompt, n=req.n or 1, width=width, height=height,
                         num_inference_steps=ext.num_inference_steps, quality=req.quality or "auto",
                         guidance_scale=ext.guidance_scale, negative_prompt=ext.negative_prompt,
-                        seed=ext.seed if ext.seed is not None else req.seed, output_format=output_format,
+                        seed=_seed(req, ext), output_format=output_format,
                         output_compression=req.output_compression, background=background,
                         response_format=req.response_format or "b64_json", user=req.safety_identifier or req.user,
                         stream=bool(req.stream), partial_images=req.partial_images or 0, step_cache=ext.step_cache)
+
+
+def _seed(req: ImageGenerationRequest, ext: ImageNvExt) -> int:
+    """The request's seed, or one drawn here (not on the worker), so a request restarted elsewhere draws the same."""
+    seed = ext.seed if ext.seed is not None else req.seed
+    return secrets.randbits(63) if seed is None else seed
 
 
 def routing_tokens(work: ImageRequest) -> bytes:
@@ -121,9 +128,11 @@ async def _stream(request: web.Request, d: Dispatched, req: ImageRequest) -> web
     response = web.StreamResponse(headers={**SSE_HEADERS, "x-diffmesh-worker": d.decision.worker_id})
     await response.prepare(request)
     reply = d.first
+    sent: set[tuple[int, int | None]] = set()  # (index, partial_index): a restarted request sends them again
     try:
         while not isinstance(reply, Final):
-            if isinstance(reply, ImageOutput):
+            if isinstance(reply, ImageOutput) and (reply.index, reply.partial_index) not in sent:
+                sent.add((reply.index, reply.partial_index))
                 await response.write(_event(reply, req))
             reply = raise_if_error(await d.stream.next())
     except MeshError as exc:

@@ -154,7 +154,8 @@ class Router:
                 raise WorkerUnavailable(f"no live worker serves model {request.model!r}",
                                         retry_after=self.config.retry_after_s)
             return self._decide(request, [self._direct(request, states)], "direct")
-        free = [s for s in live if not (s.is_draining or s.is_busy) and (not exclude or s.card.worker_id not in exclude)]
+        free = [s for s in live if not (s.is_draining or s.is_busy) and (not exclude or s.card.worker_id not in exclude)
+                and not policy.is_full(s)]
         if not free:
             if not any(not s.is_draining and (not exclude or s.card.worker_id not in exclude) for s in live):
                 raise WorkerUnavailable(f"no live worker serves model {request.model!r}",
