@@ -75,7 +75,7 @@ async def run_request(engine: ImageEngine, request: ImageRequest) -> bytes:
     return data
 
 
-def make_request(i: int, steps: int, step_cache: bool = False) -> ImageRequest:
+def make_request(i: int, steps: int, step_cache: bool | str = False) -> ImageRequest:
     return ImageRequest(request_id=f"bench-{i}-{time.monotonic_ns()}", model="bench", prompt=f"a red cat number {i}",
                         seed=100 + i, num_inference_steps=steps, step_cache=step_cache)
 
@@ -119,28 +119,28 @@ def psnr(a: bytes, b: bytes) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def deep_computes(engine: ImageEngine) -> int:
-    cache = engine.loaded.step_cache
+def deep_computes(engine: ImageEngine, kind: str) -> int:
+    cache = engine.loaded.step_caches[kind]
     return cache.num_full if hasattr(cache, "num_full") else cache.num_tail_runs
 
 
-async def bench_step_cache(model_dir: Path, args, label: str) -> Row:
+async def bench_step_cache(model_dir: Path, args, label: str, kind: str) -> Row:
     engine = await start_engine(model_dir, max_batch=1)
-    times = {False: [], True: []}
+    times = {False: [], kind: []}
     psnrs, num_deep, num_calls = [], 0, 0
     for i in range(args.rounds):
         images = {}
-        for cached in (False, True):
-            deep_before, calls_before = deep_computes(engine), engine.stats.num_denoiser_calls
+        for cached in (False, kind):
+            deep_before, calls_before = deep_computes(engine, kind), engine.stats.num_denoiser_calls
             started = time.perf_counter()
             images[cached] = await run_request(engine, make_request(i, args.cache_steps, step_cache=cached))
             times[cached].append(time.perf_counter() - started)
             if cached:
-                num_deep += deep_computes(engine) - deep_before
+                num_deep += deep_computes(engine, kind) - deep_before
                 num_calls += engine.stats.num_denoiser_calls - calls_before
-        psnrs.append(psnr(images[False], images[True]))
+        psnrs.append(psnr(images[False], images[kind]))
     await engine.stop()
-    base, fast = statistics.median(times[False]), statistics.median(times[True])
+    base, fast = statistics.median(times[False]), statistics.median(times[kind])
     worst = min(psnrs)
     return Row(label, model_dir.name, f"{base:.3f} s/img uncached", f"{fast:.3f} s/img cached", base / fast,
                f"PSNR min {worst:.1f} dB; deep blocks ran {num_deep}/{num_calls} calls", ">= 1.5x, >= 30 dB",
@@ -176,8 +176,9 @@ async def main_async(args) -> list[Row]:
         await bench_batching(sd_dir, args),
         await bench_batching(sd_dir, args, batch_invariant=False),
         await bench_batching(flux_dir, args),
-        await bench_step_cache(sd_dir, args, "step cache (UNet, adaptive DeepCache)"),
-        await bench_step_cache(flux_dir, args, "step cache (DiT, First Block Cache)"),
+        await bench_step_cache(sd_dir, args, "step cache (UNet, adaptive DeepCache)", "deepcache"),
+        await bench_step_cache(flux_dir, args, "step cache (DiT, First Block Cache)", "first_block"),
+        await bench_step_cache(flux_dir, args, "step cache (DiT, TeaCache)", "teacache"),
     ]
 
 

@@ -82,7 +82,8 @@ async def list_models(request: web.Request) -> web.Response:
     state = request.app[STATE]
     data = []
     for name, workers in sorted(state.registry.live_models().items()):
-        kinds = {"image": ["images"], "encode": ["embeddings"]}.get(workers[0].component, ["chat", "completions"])
+        default = {"image": ["images"], "encode": ["embeddings"]}.get(workers[0].component, ["chat", "completions"])
+        kinds = workers[0].kinds or default
         data.append(ModelInfo(id=name, created=int(min(w.started_at for w in workers)), kinds=kinds, workers=len(workers)))
     return web.Response(body=json_encoder.encode(ModelList(data=data)), content_type="application/json")
 
@@ -130,6 +131,7 @@ def build_app(config: FrontendConfig) -> web.Application:
     app.router.add_post("/v1/chat/completions", text.chat_completions)
     app.router.add_post("/v1/completions", text.completions)
     app.router.add_post("/v1/images/generations", images.generations)
+    app.router.add_post("/v1/images/edits", images.edits)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
     app.router.add_get("/live", live)

@@ -1,4 +1,4 @@
-"""POST /v1/images/generations: validate, route (approximate mode), collect or stream images."""
+"""POST /v1/images/generations and /v1/images/edits: validate, route (approximate mode), collect or stream images."""
 
 from __future__ import annotations
 
@@ -13,47 +13,105 @@ from shell.logs import request_id_var
 from frontend.errors import envelope, error_response, from_validation
 from frontend.state import STATE, AppState, Dispatched, new_request_id, raise_if_error, read_body, serve_request
 from frontend.text import DONE, SSE_HEADERS
+from frontend.uploads import Form, convert_form, file_param, read_form
 from protocol.errors import InvalidRequest, MeshError
 from protocol.openai import (
-    ImageCompletedEvent, ImageData, ImageGenerationRequest, ImagePartialEvent, ImagesResponse, ImageUsage, image_decoder,
-    json_encoder,
+    ImageCompletedEvent, ImageData, ImageEditCompletedEvent, ImageEditPartialEvent, ImageEditRequest,
+    ImageGenerationRequest, ImagePartialEvent, ImagesResponse, ImageUsage, image_decoder, json_encoder,
 )
 from protocol.routing import RouteRequest
 from protocol.work import Final, ImageOutput, ImageRequest
+from shell.upload import UploadLimits, decode_upload
+
+FIDELITY_STRENGTH = {"high": 0.5, "low": None}  # input_fidelity -> nvext.strength default (None = the worker's)
 
 
 async def generations(request: web.Request) -> web.StreamResponse:
+    return await _handle(request, "images_generations", _parse_generation)
+
+
+async def edits(request: web.Request) -> web.StreamResponse:
+    return await _handle(request, "images_edits", _parse_edit)
+
+
+async def _handle(request: web.Request, endpoint: str, parse) -> web.StreamResponse:
     state = request.app[STATE]
     model = "unknown"
     try:
-        body = await read_body(request, state.config.max_body_bytes)
-        try:
-            req = image_decoder.decode(body)
-        except msgspec.DecodeError as exc:
-            raise from_validation(exc) from None
-        entry = await state.registry.get(_pick_model(state, req))
+        req, extra = await parse(request, state)
+        entry = await state.registry.get(pick_model(state, req.model, "images"))
         model = entry.card.name  # a label only once the model is known: client strings must not grow /metrics
         if "images" not in entry.card.kinds:
             raise InvalidRequest(f"model {model!r} does not generate images", param="$.model")
-        work = build_image_request(req, model, new_request_id(request_id_var.get() or "img"))
+        work = build_image_request(req, model, new_request_id(request_id_var.get() or "img"), **extra)
     except MeshError as exc:
         response = error_response(exc)
-        state.metrics.model(model).request_done("images_generations", "unary", str(response.status))
+        state.metrics.model(model).request_done(endpoint, "unary", str(response.status))
         return response
-    return await _serve(request, state, req, work)
+    return await _serve(request, state, req, work, endpoint)
 
 
-def _pick_model(state: AppState, req: ImageGenerationRequest) -> str:
-    if req.model:
-        return req.model
-    image_models = [name for name, workers in state.registry.live_models().items() if workers[0].component == "image"]
-    if len(image_models) != 1:
-        raise InvalidRequest(f"`model` is required when {len(image_models)} image models are served", param="$.model")
-    return image_models[0]
+async def _parse_generation(request: web.Request, state: AppState) -> tuple[ImageGenerationRequest, dict]:
+    body = await read_body(request, state.config.max_body_bytes)
+    try:
+        req = image_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise from_validation(exc) from None
+    if req.nvext and req.nvext.strength is not None:
+        raise InvalidRequest("strength applies to /v1/images/edits only", param="$.nvext.strength")
+    return req, {}
 
 
-def build_image_request(req: ImageGenerationRequest, model: str, request_id: str) -> ImageRequest:
-    """Cross-field checks the schema cannot express, then the bus request."""
+async def _parse_edit(request: web.Request, state: AppState) -> tuple[ImageEditRequest, dict]:
+    form = await read_form(request, state.config.max_body_bytes)
+    req = convert_form(form.fields, ImageEditRequest)
+    images = [_checked_upload(form, "image", i) for i in range(len(form.files.get("image", [])))]
+    if not images:
+        raise InvalidRequest("image is required: one PNG, JPEG or WEBP file", param="$.image")
+    if len(images) > 1:
+        raise InvalidRequest(f"this mesh's image models edit one input image per request, got {len(images)}",
+                             param="$.image[1]")
+    masks = form.files.get("mask", [])
+    if len(masks) > 1:
+        raise InvalidRequest("mask takes one file", param="$.mask")
+    mask = _checked_upload(form, "mask", 0) if masks else None
+    if mask is not None:
+        _check_mask(decode_upload(mask, "$.mask"), decode_upload(images[0], "$.image"))
+    strength = req.nvext.strength if req.nvext and req.nvext.strength is not None else None
+    if strength is None and req.input_fidelity:
+        strength = FIDELITY_STRENGTH[req.input_fidelity]
+    return req, {"images": images, "mask": mask, "strength": strength}
+
+
+def _checked_upload(form: Form, name: str, index: int) -> bytes:
+    data = form.files[name][index]
+    decode_upload(data, file_param(form, name, index), UploadLimits())
+    return data
+
+
+def _check_mask(mask, image) -> None:
+    if mask.size != image.size:
+        raise InvalidRequest(f"mask is {mask.width}x{mask.height} but the image is {image.width}x{image.height}; "
+                             "they must match", param="$.mask")
+    if "A" not in mask.getbands() and mask.info.get("transparency") is None:
+        raise InvalidRequest("mask must have an alpha channel: fully transparent pixels mark where to edit",
+                             param="$.mask")
+
+
+def pick_model(state: AppState, model: str | None, kind: str) -> str:
+    """The requested model, or the only live model of `kind` ("images", "videos") when none is named."""
+    if model:
+        return model
+    names = [name for name, workers in state.registry.live_models().items()
+             if workers[0].component == "image" and kind in (workers[0].kinds or ["images"])]
+    if len(names) != 1:
+        raise InvalidRequest(f"`model` is required when {len(names)} {kind} models are served", param="$.model")
+    return names[0]
+
+
+def build_image_request(req: ImageGenerationRequest | ImageEditRequest, model: str, request_id: str,
+                        **edit) -> ImageRequest:
+    """Cross-field checks the schema cannot express, then the bus request (`edit`: images, mask, strength)."""
     if req.background == "transparent" and req.output_format == "jpeg":
         raise InvalidRequest("background=transparent needs output_format png or webp", param="$.background")
     if req.output_compression is not None and req.output_format == "png":
@@ -70,7 +128,7 @@ def build_image_request(req: ImageGenerationRequest, model: str, request_id: str
                         guidance_scale=ext.guidance_scale if ext else None, negative_prompt=ext.negative_prompt if ext else None,
                         seed=seed, output_format=req.output_format, output_compression=req.output_compression,
                         background=req.background, response_format=req.response_format, user=req.user, stream=req.stream,
-                        partial_images=req.partial_images, step_cache=ext.step_cache if ext else None)
+                        partial_images=req.partial_images, step_cache=ext.step_cache if ext else None, **edit)
 
 
 def routing_tokens(work: ImageRequest) -> bytes:
@@ -78,7 +136,7 @@ def routing_tokens(work: ImageRequest) -> bytes:
     return np.frombuffer(work.prompt.encode(), dtype=np.uint8).astype("<i4").tobytes()
 
 
-async def _serve(request: web.Request, state: AppState, req: ImageGenerationRequest, work: ImageRequest) -> web.StreamResponse:
+async def _serve(request: web.Request, state: AppState, req, work: ImageRequest, endpoint: str) -> web.StreamResponse:
     route = RouteRequest(request_id=work.request_id, model=work.model, token_ids=routing_tokens(work),
                          worker_id=req.nvext.worker_id if req.nvext else None)
 
@@ -87,7 +145,7 @@ async def _serve(request: web.Request, state: AppState, req: ImageGenerationRequ
             return await _stream(request, dispatched, req)
         return await _collect(state, dispatched, req, work.model)
 
-    return await serve_request(state, route, work, "images_generations", req.stream, respond)
+    return await serve_request(state, route, work, endpoint, req.stream, respond)
 
 
 def _image_data(out: ImageOutput) -> ImageData:
@@ -96,7 +154,7 @@ def _image_data(out: ImageOutput) -> ImageData:
     return ImageData(b64_json=base64.b64encode(out.data).decode())
 
 
-async def _collect(state: AppState, d: Dispatched, req: ImageGenerationRequest, model: str) -> web.Response:
+async def _collect(state: AppState, d: Dispatched, req, model: str) -> web.Response:
     images: dict[int, ImageData] = {}
     sizes = set()
     reply = d.first
@@ -113,7 +171,7 @@ async def _collect(state: AppState, d: Dispatched, req: ImageGenerationRequest, 
                         headers={"x-diffmesh-worker": d.decision.worker_id})
 
 
-async def _stream(request: web.Request, d: Dispatched, req: ImageGenerationRequest) -> web.StreamResponse:
+async def _stream(request: web.Request, d: Dispatched, req) -> web.StreamResponse:
     response = web.StreamResponse(headers={**SSE_HEADERS, "x-diffmesh-worker": d.decision.worker_id})
     await response.prepare(request)
     reply = d.first
@@ -129,13 +187,13 @@ async def _stream(request: web.Request, d: Dispatched, req: ImageGenerationReque
     return response
 
 
-def _event(out: ImageOutput, req: ImageGenerationRequest) -> bytes:
+def _event(out: ImageOutput, req: ImageGenerationRequest | ImageEditRequest) -> bytes:
     common = dict(b64_json=base64.b64encode(out.data).decode(), created_at=int(time.time()), output_format=out.output_format,
                   size=f"{out.width}x{out.height}", quality=req.quality, background=req.background)
+    is_edit = isinstance(req, ImageEditRequest)
     if out.partial_index is not None:
-        event = ImagePartialEvent(partial_image_index=out.partial_index, **common)
-        name = b"image_generation.partial_image"
+        event = (ImageEditPartialEvent if is_edit else ImagePartialEvent)(partial_image_index=out.partial_index, **common)
     else:
-        event = ImageCompletedEvent(usage=ImageUsage(), **common)
-        name = b"image_generation.completed"
+        event = (ImageEditCompletedEvent if is_edit else ImageCompletedEvent)(usage=ImageUsage(), **common)
+    name = type(event).__struct_config__.tag.encode()
     return b"event: " + name + b"\ndata: " + json_encoder.encode(event) + b"\n\n"

@@ -178,12 +178,16 @@ class Completion(Resp, kw_only=True):
 # --- images -----------------------------------------------------------------------------------------
 
 
+StepCacheChoice = bool | Literal["deepcache", "first_block", "teacache"]
+
+
 class ImageNvExt(Req, kw_only=True):
     negative_prompt: str | None = None
     num_inference_steps: PositiveInt | None = None
     guidance_scale: Annotated[float, Meta(ge=0.0, le=100.0)] | None = None
     seed: Seed | None = None
-    step_cache: bool | None = None  # reuse block outputs across steps (First Block Cache / DeepCache)
+    step_cache: StepCacheChoice | None = None  # true = the model's default cache, or name one
+    strength: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None  # edits: how far the input is re-noised
     worker_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
 
 
@@ -202,6 +206,26 @@ class ImageGenerationRequest(Req, kw_only=True):
     stream: bool = False
     partial_images: Annotated[int, Meta(ge=0, le=3)] = 0
     seed: Seed | None = None  # also accepted inside nvext
+    user: str | None = None
+    nvext: ImageNvExt | None = None
+
+
+class ImageEditRequest(Req, kw_only=True):
+    """POST /v1/images/edits form fields (multipart); `image` / `image[]` and `mask` are file parts beside them."""
+
+    prompt: Annotated[str, Meta(min_length=1, max_length=32000)]
+    model: str | None = None
+    n: Annotated[int, Meta(ge=1, le=10)] = 1
+    size: Annotated[str, Meta(pattern=r"^(auto|[1-9][0-9]{0,4}x[1-9][0-9]{0,4})$")] = "auto"
+    quality: Literal["standard", "low", "medium", "high", "auto"] = "auto"
+    response_format: Literal["url", "b64_json"] = "b64_json"
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    output_compression: Annotated[int, Meta(ge=0, le=100)] | None = None
+    background: Literal["transparent", "opaque", "auto"] = "auto"
+    input_fidelity: Literal["high", "low"] | None = None  # high keeps more of the input (a lower strength)
+    stream: bool = False
+    partial_images: Annotated[int, Meta(ge=0, le=3)] = 0
+    seed: Seed | None = None
     user: str | None = None
     nvext: ImageNvExt | None = None
 
@@ -246,6 +270,14 @@ class ImageCompletedEvent(Resp, kw_only=True, tag_field="type", tag="image_gener
     quality: str
     background: str
     usage: ImageUsage | None = None
+
+
+class ImageEditPartialEvent(ImagePartialEvent, kw_only=True, tag="image_edit.partial_image"):
+    """Same fields as the generation event; `type` says it is an edit."""
+
+
+class ImageEditCompletedEvent(ImageCompletedEvent, kw_only=True, tag="image_edit.completed"):
+    """Same fields as the generation event; `type` says it is an edit."""
 
 
 # --- models and errors ------------------------------------------------------------------------------

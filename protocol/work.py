@@ -52,7 +52,7 @@ class GenerateRequest(BusMsg, kw_only=True, tag="generate"):
 
 
 class ImageRequest(BusMsg, kw_only=True, tag="image"):
-    """Text-to-image generation, already validated against the OpenAI schema by the frontend."""
+    """Text-to-image generation or an edit (`images` set), already validated against the OpenAI schema."""
 
     request_id: str
     model: str
@@ -72,7 +72,10 @@ class ImageRequest(BusMsg, kw_only=True, tag="image"):
     user: str | None = None
     stream: bool = False
     partial_images: int = 0
-    step_cache: bool | None = None  # None = the worker's default
+    step_cache: bool | str | None = None  # None = the worker's default; a name picks deepcache/first_block/teacache
+    images: list[bytes] = []  # edits: encoded input images (checked by the frontend's upload limits)
+    mask: bytes | None = None  # edits: PNG whose fully transparent pixels mark where to repaint
+    strength: float | None = None  # edits: fraction of the steps the input is re-noised by; None = 0.8 (or 1 with a mask)
     deadline_s: float | None = None
 
 

@@ -19,6 +19,7 @@ _MARKER = "diffmesh.json"  # per-model defaults (workers/image/families.py); wri
 TINY_DEFAULTS = {
     "sd": {"default_size": [64, 64], "default_steps": 10, "step_cache_threshold": 0.5},
     "flux": {"default_size": [64, 64], "default_steps": 10, "step_cache_threshold": 0.5,
+             "teacache_threshold": 0.3, "teacache_coefficients": [1.0, 0.0],  # FLUX.1-dev's fit means nothing here
              "call_kwargs": {"max_sequence_length": 16}},
 }
 

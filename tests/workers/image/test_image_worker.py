@@ -73,18 +73,6 @@ def test_without_model_the_tiny_default_is_built(tmp_path):
 # --- through the mesh: openai client -> frontend -> NATS -> worker ---------------------------------------------
 
 
-@pytest.fixture
-async def image_mesh(mesh, sd_dir, media_dir):
-    await mesh.start_frontend(media_dir=str(media_dir))
-    storage = StorageConfig(url=str(media_dir), public_base_url=f"{mesh.url}/v1/files")
-    engine = ImageEngine(EngineConfig(model=str(sd_dir), served_name="tiny-sd", max_steps=20, storage=storage))
-    await mesh.add_worker(ImageWorker(engine))
-    await mesh.wait_models("tiny-sd", 1)
-    client = openai.AsyncOpenAI(base_url=f"{mesh.url}/v1", api_key="unused", max_retries=0)
-    yield mesh, client
-    await client.close()
-
-
 EXTRA = {"nvext": {"num_inference_steps": 4}}
 
 
