@@ -9,7 +9,7 @@ import nats
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from frontend import images, text
+from frontend import images, text, videos
 from frontend.bus import Requester
 from frontend.errors import error_response
 from frontend.openapi import build_openapi
@@ -132,6 +132,11 @@ def build_app(config: FrontendConfig) -> web.Application:
     app.router.add_post("/v1/completions", text.completions)
     app.router.add_post("/v1/images/generations", images.generations)
     app.router.add_post("/v1/images/edits", images.edits)
+    app.router.add_post("/v1/videos", videos.create)
+    app.router.add_get("/v1/videos", videos.list_videos)
+    app.router.add_get("/v1/videos/{video_id}", videos.retrieve)
+    app.router.add_delete("/v1/videos/{video_id}", videos.delete)
+    app.router.add_get("/v1/videos/{video_id}/content", videos.content)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
     app.router.add_get("/live", live)
@@ -154,9 +159,11 @@ def _bus_context(config: FrontendConfig):
         await requester.start()
         await router_service.start()
         metrics = FrontendMetrics()
+        jobs = videos.VideoJobs(nc, config.namespace, config.media_dir)
         app[NC] = nc
-        app[STATE] = AppState(config, requester, router_service, registry, metrics)
+        app[STATE] = AppState(config, requester, router_service, registry, metrics, jobs)
         yield
+        await jobs.close()
         await router_service.stop()
         await requester.stop()
         await nc.drain()

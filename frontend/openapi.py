@@ -7,6 +7,7 @@ import msgspec
 from protocol.openai import REQUEST_TYPES, RESPONSE_TYPES, ErrorEnvelope, ModelList
 
 ERROR_STATUSES = ("400", "401", "404", "413", "502", "503", "504")
+MULTIPART = ("/v1/images/edits", "/v1/videos")  # form fields as the schema says, files beside them
 
 
 def build_openapi(version: str = "0.1.0") -> dict:
@@ -20,7 +21,8 @@ def build_openapi(version: str = "0.1.0") -> dict:
               "content": {"application/json": {"schema": refs[RESPONSE_TYPES[path]]}, "text/event-stream": {}}}
         paths[path] = {"post": {
             "operationId": path.strip("/").replace("/", "_"),
-            "requestBody": {"required": True, "content": {"application/json": {"schema": refs[request_type]}}},
+            "requestBody": {"required": True, "content": {
+                "multipart/form-data" if path in MULTIPART else "application/json": {"schema": refs[request_type]}}},
             "responses": {"200": ok, **{code: error for code in ERROR_STATUSES}},
         }}
     paths["/v1/models"] = {"get": {"operationId": "v1_models", "responses": {

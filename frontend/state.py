@@ -32,6 +32,7 @@ class AppState:
     router: object  # RouterService (embedded) or RemoteRouter: route(), on_first_token(), on_finish()
     registry: ModelRegistry
     metrics: FrontendMetrics
+    videos: object = None  # frontend.videos.VideoJobs: video job records and the tasks following them
 
 
 STATE: web.AppKey[AppState] = web.AppKey("diffmesh_state", AppState)
@@ -65,10 +66,10 @@ def raise_if_error(reply: Reply) -> Reply:
     return reply
 
 
-async def dispatch(state: AppState, route: RouteRequest, payload_for, model: str) -> Dispatched:
+async def dispatch(state: AppState, route: RouteRequest, payload_for, model: str, timeout_s: float | None = None) -> Dispatched:
     """Route, send and wait for the first reply; migrate to another worker if the chosen one is gone or full."""
     excluded: list[str] = []
-    deadline = time.monotonic() + state.config.request_timeout_s
+    deadline = time.monotonic() + (timeout_s or state.config.request_timeout_s)
     for attempt in range(MAX_MIGRATIONS + 1):
         bus_id = route.request_id if attempt == 0 else f"{route.request_id}-m{attempt}"
         attempt_route = msgspec.structs.replace(route, request_id=bus_id, exclude=excluded)

@@ -82,3 +82,8 @@ def models_bucket(ns: str) -> str:
 def files_bucket(ns: str) -> str:
     """JetStream Object Store bucket of tokenizer files and other model assets."""
     return f"{ns}_model_files"
+
+
+def videos_bucket(ns: str) -> str:
+    """JetStream KV bucket of video jobs (status, progress, where the MP4 is), shared by every frontend."""
+    return f"{ns}_videos"

@@ -79,7 +79,27 @@ class ImageRequest(BusMsg, kw_only=True, tag="image"):
     deadline_s: float | None = None
 
 
-WorkRequest = GenerateRequest | ImageRequest
+class VideoRequest(BusMsg, kw_only=True, tag="video"):
+    """Text-to-video generation (POST /v1/videos), validated against the schema by the frontend."""
+
+    request_id: str
+    model: str
+    prompt: str
+    width: int | None = None  # None = the model's default size
+    height: int | None = None
+    num_frames: int | None = None  # None: from `seconds` x fps, else the model's default
+    seconds: float | None = None
+    fps: int | None = None  # None = the model's default frame rate
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    step_cache: bool | str | None = None
+    user: str | None = None
+    deadline_s: float | None = None
+
+
+WorkRequest = GenerateRequest | ImageRequest | VideoRequest
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -88,6 +108,7 @@ class Usage(msgspec.Struct, kw_only=True):
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
     forward_passes: int = 0  # model forwards spent on this request (NFE)
     images: int = 0
+    frames: int = 0  # video frames produced
 
 
 class Ack(BusMsg, kw_only=True, tag="ack"):
@@ -124,6 +145,35 @@ class ImageOutput(BusMsg, kw_only=True, tag="image_output"):
     partial_index: int | None = None
 
 
+class VideoProgress(BusMsg, kw_only=True, tag="video_progress"):
+    """A video job's state: sent on acceptance (queued), when it starts, and after every denoising step."""
+
+    request_id: str
+    seq: int
+    is_running: bool = False  # False: accepted, waiting for the pipeline
+    step: int = 0  # denoising steps done
+    num_steps: int = 0
+    num_frames: int = 0  # what the job will produce (after defaults)
+    width: int = 0
+    height: int = 0
+    fps: int = 0
+
+
+class VideoOutput(BusMsg, kw_only=True, tag="video_output"):
+    """The finished MP4, stored in the worker's media store under `key` (public `url`)."""
+
+    request_id: str
+    seq: int
+    key: str
+    url: str
+    num_bytes: int
+    num_frames: int
+    width: int
+    height: int
+    fps: int
+    content_type: str = "video/mp4"
+
+
 class Final(BusMsg, kw_only=True, tag="final"):
     """Terminal success message; `text` holds what was not yet sent in chunks."""
 
@@ -147,7 +197,7 @@ class Error(BusMsg, kw_only=True, tag="error"):
     retry_after: float | None = None
 
 
-Reply = Ack | Chunk | ImageOutput | Final | Error
+Reply = Ack | Chunk | ImageOutput | VideoProgress | VideoOutput | Final | Error
 
 work_encoder = msgspec.msgpack.Encoder()
 work_decoder = msgspec.msgpack.Decoder(WorkRequest)

@@ -40,6 +40,7 @@ class FrontendConfig:
     router_url: str | None = None  # None = embedded router; "nats" = the standalone `diffmesh router` service
     max_body_bytes: int = 16 * 1024 * 1024
     request_timeout_s: float = 600.0
+    video_timeout_s: float = 3600.0  # a video job (POST /v1/videos) may run this long on its worker
     api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
     media_dir: str | None = None  # local store served at /v1/files/ (url image responses)
     public_base_url: str | None = None
@@ -53,8 +54,9 @@ class FrontendConfig:
         for name in ("port", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
-        if not self.request_timeout_s > 0:
-            raise ConfigError(f"request_timeout_s={self.request_timeout_s} must be > 0")
+        for name in ("request_timeout_s", "video_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be > 0")
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ def add_frontend_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", help="require `Authorization: Bearer KEY` (env DIFFMESH_API_KEY)")
     parser.add_argument("--media-dir", help="local image store served at /v1/files/ (env DIFFMESH_MEDIA_DIR)")
     parser.add_argument("--request-timeout", type=float, dest="request_timeout_s", help="seconds per request")
+    parser.add_argument("--video-timeout", type=float, dest="video_timeout_s", help="seconds a video job may run (3600)")
     parser.add_argument("--max-body-bytes", type=int)
 
 
@@ -56,6 +57,7 @@ def frontend_config(args: argparse.Namespace, **overrides) -> FrontendConfig:
     values = dict(nats=nats_config(args) if hasattr(args, "nats_url") else None, namespace=args.namespace,
                   host=args.host, port=args.port, router_mode=args.router_mode, router_url=args.router_url,
                   api_key=args.api_key, media_dir=args.media_dir, request_timeout_s=args.request_timeout_s,
+                  video_timeout_s=args.video_timeout_s,
                   max_body_bytes=args.max_body_bytes)
     return from_env(FrontendConfig, **{**values, **overrides})
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from protocol.errors import DeadlineExceeded, EngineError, MeshError, PayloadTooLarge
+from protocol.errors import DeadlineExceeded, EngineError, InvalidRequest, MeshError, PayloadTooLarge
 from protocol.work import Final, ImageOutput, ImageRequest, Usage
 from workers.image.batcher import Batcher
 from workers.image.encode import encode_image
@@ -47,6 +47,7 @@ class EngineConfig:
     step_cache_max_skips: int = 2
     batch_invariant: bool | None = None  # None = on for CPU (batched bytes == solo bytes), off on CUDA
     num_threads: int | None = None  # torch intra-op threads (None = torch's default, one per core)
+    max_frames: int | None = None  # video pipelines: cap on num_frames (None = 4x the model's default length)
     storage: StorageConfig = field(default_factory=StorageConfig)
     max_inline_bytes: int = MAX_INLINE_BYTES
 
@@ -59,8 +60,10 @@ class EngineStats:
     num_cancelled: int = 0
 
 
-class ImageEngine:
-    """Owns one pipeline, its batcher and the media store; `start()` loads, `generate()` serves."""
+class PipelineHost:
+    """One pipeline on its own thread, its media store and counters; the image and video engines build on it."""
+
+    thread_name = "pipeline"
 
     def __init__(self, config: EngineConfig):
         check_model_exists(config.model)
@@ -68,15 +71,8 @@ class ImageEngine:
         self.stats = EngineStats()
         self.store = MediaStore(config.storage)
         self.loaded: LoadedPipeline | None = None
-        self.num_images_in_flight = 0  # images of requests queued or running (a load signal for the router)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-pipeline")
-        self.batcher = Batcher(self._run_batch, self._executor, config.max_batch, config.batch_wait_s)
-
-    @property
-    def is_invariant(self) -> bool:
-        if self.config.batch_invariant is not None:
-            return self.config.batch_invariant
-        return self.loaded is not None and self.loaded.device.type == "cpu"
+        self.num_images_in_flight = 0  # images (or videos) queued or running: a load signal for the router
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.thread_name)
 
     def load(self) -> LoadedPipeline:
         """Load the pipeline now (blocking); `start()` does this on the pipeline thread."""
@@ -84,11 +80,35 @@ class ImageEngine:
             if self.config.num_threads:
                 torch.set_num_threads(self.config.num_threads)
             self.loaded = load_pipeline(self.config)
+            self.check_loaded(self.loaded)
             self.loaded.denoiser.register_forward_pre_hook(self._count_denoiser_call)
         return self.loaded
 
+    def check_loaded(self, loaded: LoadedPipeline) -> None:
+        if loaded.family.kind != "image":
+            raise InvalidRequest(f"{self.config.model} is a {loaded.family.kind} pipeline, not an image one", param="$.model")
+
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.load)
+
+    def _count_denoiser_call(self, module, args) -> None:
+        self.stats.num_denoiser_calls += 1
+
+
+class ImageEngine(PipelineHost):
+    """Owns one image pipeline, its batcher and the media store; `start()` loads, `generate()` serves."""
+
+    thread_name = "image-pipeline"
+
+    def __init__(self, config: EngineConfig):
+        super().__init__(config)
+        self.batcher = Batcher(self._run_batch, self._executor, config.max_batch, config.batch_wait_s)
+
+    @property
+    def is_invariant(self) -> bool:
+        if self.config.batch_invariant is not None:
+            return self.config.batch_invariant
+        return self.loaded is not None and self.loaded.device.type == "cpu"
 
     async def wait_idle(self) -> None:
         """Return once no pipeline call is queued or running."""
@@ -146,9 +166,6 @@ class ImageEngine:
         return ImageOutput(**fields, data=item.data)
 
     # --- pipeline thread ------------------------------------------------------------------------
-
-    def _count_denoiser_call(self, module, args) -> None:
-        self.stats.num_denoiser_calls += 1
 
     def _run_batch(self, jobs: list[Job]) -> None:
         """One pipeline call for `jobs` (same size/steps/guidance); every job ends with Done, Stopped or Failed."""

@@ -36,6 +36,7 @@ class Family:
     teacache_coefficients: tuple[float, ...] | None = None  # TeaCache's fit for the family's reference checkpoint
     call_kwargs: dict = field(default_factory=dict)  # fixed extra pipeline kwargs
     kind: Literal["image", "video"] = "image"
+    default_size: tuple[int, int] | None = None  # (width, height) when the denoiser config has no sample size
     default_frames: int = 0  # video: frames when a request names neither num_frames nor seconds
     default_fps: int = 0
     frame_multiple: int = 1  # video: num_frames - 1 must be a multiple of this (the VAE's temporal factor)
@@ -55,7 +56,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("sana", "SanaPipeline", "transformer", 20, 4.5, call_kwargs={"use_resolution_binning": False}),
     Family("auraflow", "AuraFlowPipeline", "transformer", 50, 3.5),
     Family("wan", "WanPipeline", "transformer", 50, 5.0, step_caches=("first_block", "teacache"),
-           teacache_coefficients=WAN_T2V_1_3B_COEFFICIENTS, kind="video", default_frames=81, default_fps=16,
+           teacache_coefficients=WAN_T2V_1_3B_COEFFICIENTS, kind="video", default_size=(832, 480), default_frames=81,
+           default_fps=16,
            frame_multiple=4),
 )
 VERIFIED_FAMILIES = ("stable-diffusion", "flux", "wan")  # run for real in this repo's tests; the rest follow diffusers' code

@@ -132,9 +132,11 @@ def build_limits(pipe, family: Family, denoiser, config, overrides: dict, step_c
                  edit_kinds: tuple[str, ...] = ()) -> ModelLimits:
     """Size bounds, multiples and defaults for one loaded pipeline (config and diffmesh.json override them)."""
     vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
-    patch = 2 if family.is_packed else int(getattr(denoiser.config, "patch_size", 1) or 1)
+    vae_factor = int(getattr(pipe, "vae_scale_factor_spatial", vae_factor))
+    patch = getattr(denoiser.config, "patch_size", 1) or 1
+    patch = 2 if family.is_packed else int(patch[-1] if isinstance(patch, (list, tuple)) else patch)
     multiple = max(family.min_multiple, vae_factor * patch)
-    width, height = overrides.get("default_size") or _native_size(pipe, denoiser, vae_factor)
+    width, height = overrides.get("default_size") or family.default_size or _native_size(pipe, denoiser, vae_factor)
     width, height = _round_to(width, multiple), _round_to(height, multiple)
     max_side = config.max_side or overrides.get("max_side") or 2 * max(width, height)
     min_side = max(multiple, _round_to(min(width, height) // 4, multiple))
@@ -148,8 +150,18 @@ def build_limits(pipe, family: Family, denoiser, config, overrides: dict, step_c
         default_width=width, default_height=height, min_side=min_side, max_side=max_side, size_multiple=multiple,
         default_steps=default_steps, max_steps=config.max_steps, default_guidance=float(guidance),
         supports_negative_prompt=family.supports_negative_prompt, supports_step_cache=bool(step_caches),
-        step_caches=step_caches, edit_kinds=edit_kinds,
+        step_caches=step_caches, edit_kinds=edit_kinds, **_video_limits(family, config, overrides),
     )
+
+
+def _video_limits(family: Family, config, overrides: dict) -> dict:
+    if family.kind != "video":
+        return {}
+    frames = int(overrides.get("default_frames") or family.default_frames)
+    multiple = family.frame_multiple
+    max_frames = config.max_frames or 4 * (frames - 1) + 1
+    return {"default_frames": frames, "default_fps": int(overrides.get("default_fps") or family.default_fps),
+            "frame_multiple": multiple, "max_frames": max_frames}
 
 
 def _native_size(pipe, denoiser, vae_factor: int) -> tuple[int, int]:

@@ -33,6 +33,10 @@ class ModelLimits:
     supports_step_cache: bool
     step_caches: tuple[str, ...] = ()  # cache kinds this pipeline takes (deepcache | first_block | teacache); [0] = default
     edit_kinds: tuple[str, ...] = ()  # img2img / inpaint pipelines of the same family
+    default_frames: int = 0  # video pipelines: frames, frame rate and the frame-count grid (num_frames - 1) % multiple
+    default_fps: int = 0
+    frame_multiple: int = 1
+    max_frames: int = 0
 
 
 @dataclass(frozen=True)
