@@ -3,8 +3,9 @@
 One table. Batching: images/s for 8 concurrent single-image requests with --max-batch 8 (one pipeline call) vs
 --max-batch 1 (one call each), and whether every batched image is byte-identical to its solo run. Step cache:
 seconds per image with the cache vs without at the same seed, the PSNR of the cached image against the uncached one,
-and how many denoiser calls ran the deep/tail blocks. Models are the repo's tiny random pipelines (built on first
-run); random weights make the images noise-like, so PSNR measures drift, not beauty. Rounds alternate baseline and
+and how many denoiser calls ran the deep/tail blocks. Models: the trained demo shapes model `diffmesh up` serves
+(`demo_model`, whose images mean something) and the repo's tiny random pipelines (built on first run), whose images
+are noise-like, so there PSNR measures drift, not beauty. Rounds alternate baseline and
 variant and each reports its median, which damps the noise of a shared CPU.
 
     python bench/bench_image.py --threads 1  # full run (~5 min on 2 shared CPU cores)
@@ -35,7 +36,7 @@ from PIL import Image  # noqa: E402
 from protocol.work import ImageOutput, ImageRequest  # noqa: E402
 from workers.image.engine import EngineConfig, ImageEngine  # noqa: E402
 from workers.image.storage import StorageConfig  # noqa: E402
-from workers.image.tiny import ensure_tiny_image  # noqa: E402
+from workers.image.tiny import DEMO_MODEL_DIR, ensure_tiny_image  # noqa: E402
 
 NUM_CONCURRENT = 8
 
@@ -61,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="alternating baseline/variant rounds")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--cache-dir", help="where the tiny pipelines are built (default: a temporary directory)")
+    parser.add_argument("--scenarios", default="batching,cache", help="which rows: batching, cache (comma-separated)")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.cache_steps, args.rounds = 8, 12, 2
@@ -168,18 +170,21 @@ def print_table(rows: list[Row], header: str) -> None:
 
 async def main_async(args) -> list[Row]:
     cache_dir = Path(args.cache_dir or tempfile.mkdtemp(prefix="bench-image-"))
-    micro_dir = ensure_tiny_image(cache_dir, "sd", "micro")  # what `diffmesh up` serves
+    micro_dir = ensure_tiny_image(cache_dir, "sd", "micro")  # random weights (`--tiny-family sd`)
     sd_dir = ensure_tiny_image(cache_dir, "sd", "tiny")
     flux_dir = ensure_tiny_image(cache_dir, "flux")
-    return [
-        await bench_batching(micro_dir, args),
-        await bench_batching(sd_dir, args),
-        await bench_batching(sd_dir, args, batch_invariant=False),
-        await bench_batching(flux_dir, args),
-        await bench_step_cache(sd_dir, args, "step cache (UNet, adaptive DeepCache)", "deepcache"),
-        await bench_step_cache(flux_dir, args, "step cache (DiT, First Block Cache)", "first_block"),
-        await bench_step_cache(flux_dir, args, "step cache (DiT, TeaCache)", "teacache"),
-    ]
+    scenarios = set(args.scenarios.split(","))
+    rows = []
+    if "batching" in scenarios:
+        rows += [await bench_batching(DEMO_MODEL_DIR, args), await bench_batching(micro_dir, args),
+                 await bench_batching(sd_dir, args),
+                 await bench_batching(sd_dir, args, batch_invariant=False), await bench_batching(flux_dir, args)]
+    if "cache" in scenarios:
+        rows += [await bench_step_cache(DEMO_MODEL_DIR, args, "step cache (UNet, adaptive DeepCache)", "deepcache"),
+                 await bench_step_cache(sd_dir, args, "step cache (UNet, adaptive DeepCache)", "deepcache"),
+                 await bench_step_cache(flux_dir, args, "step cache (DiT, First Block Cache)", "first_block"),
+                 await bench_step_cache(flux_dir, args, "step cache (DiT, TeaCache)", "teacache")]
+    return rows
 
 
 def main(argv=None) -> int:

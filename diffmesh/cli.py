@@ -24,8 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_frontend_flags(up)
     up.add_argument("--nats-port", type=int, default=4222, help="embedded NATS port (a free one if taken)")
     up.add_argument("--mocker", type=int, default=1, help="mocker workers to start")
-    up.add_argument("--dllm", type=int, default=1, help="dLLM workers to start (tiny default model built on first run)")
-    up.add_argument("--image", type=int, default=1, help="image workers to start (tiny default pipeline built on first run)")
+    up.add_argument("--dllm", type=int, default=1, help="dLLM workers to start (the trained demo model, tiny-dllm)")
+    up.add_argument("--image", type=int, default=1, help="image workers to start (the trained demo shapes model, tiny-sd)")
+    up.add_argument("--video", type=int, default=0,
+                    help="video workers to start (a tiny random Wan2.1 pipeline, tiny-wan, built on first run)")
     up.add_argument("--mocker-speedup", type=float, default=1.0, help="mocker speedup ratio ('inf' = no simulated time)")
     up.add_argument("--namespace")
     up.add_argument("--dry-run", action="store_true", help="print what would start and exit")

@@ -83,11 +83,13 @@ def _worker_commands(args: argparse.Namespace, nats_url: str) -> list[list[str]]
     common = ["--nats-url", nats_url, "--namespace", args.namespace or "dm"]
     kinds = available_kinds()
     commands = [base + ["mocker", *common, "--speedup-ratio", str(args.mocker_speedup)] for _ in range(args.mocker)]
-    for kind, count in (("dllm", args.dllm), ("image", args.image)):
+    video = getattr(args, "video", 0)
+    for kind, count, extra in (("dllm", args.dllm, []), ("image", args.image, []),
+                               ("image", video, ["--tiny-family", "wan"])):
         if count and kind not in kinds:
             print(f"diffmesh up: no {kind} worker in this install (pip install 'diffmesh[ml]'); skipping it", file=sys.stderr)
             continue
-        commands += [base + [kind, *common] for _ in range(count)]
+        commands += [base + [kind, *common, *extra] for _ in range(count)]
     return commands
 
 
@@ -136,14 +138,19 @@ async def _serve_up(config: FrontendConfig, server: EmbeddedNats, children, stop
 def _examples(url: str, models: list[dict]) -> str:
     """A ready-to-paste curl per kind of model that came up."""
     lines = []
-    chat = next((m["id"] for m in models if "chat" in m["kinds"]), None)
+    chats = [m["id"] for m in models if "chat" in m["kinds"]]
+    chat = next((name for name in chats if name != "mocker"), chats[0] if chats else None)
     image = next((m["id"] for m in models if "images" in m["kinds"]), None)
+    video = next((m["id"] for m in models if "videos" in m["kinds"]), None)
     if chat:
         lines.append(f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-                     f"    -d '{{\"model\": \"{chat}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'\n")
+                     f"    -d '{{\"model\": \"{chat}\", \"messages\": [{{\"role\": \"user\", \"content\": "
+                     f"\"my name is zoe. what is my name?\"}}]}}'\n")
     if image:
         lines.append(f"  curl {url}/v1/images/generations -H 'Content-Type: application/json' \\\n"
-                     f"    -d '{{\"model\": \"{image}\", \"prompt\": \"a red cat\", \"response_format\": \"url\"}}'\n")
+                     f"    -d '{{\"model\": \"{image}\", \"prompt\": \"a red circle on blue\", \"response_format\": \"url\"}}'\n")
+    if video:
+        lines.append(f"  curl {url}/v1/videos -F model={video} -F prompt='a red ball' -F num_frames=9\n")
     return "\n".join(lines)
 
 

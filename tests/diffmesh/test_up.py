@@ -1,4 +1,4 @@
-"""The README's run command: `diffmesh up` builds the tiny models on first run, serves every kind, stops on Ctrl-C."""
+"""The README's run command: `diffmesh up` serves the shipped demo models and the mocker, stops cleanly on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from shell.bus import free_port
+from workers.image import shapes
 
 pytestmark = pytest.mark.slow
 START_TIMEOUT_S = 240.0
@@ -37,7 +38,7 @@ def _children(pid: int) -> list[int]:
 
 def test_up_serves_mocker_dllm_and_image_then_stops_cleanly_on_ctrl_c(tmp_path):
     port = free_port()
-    env = {**os.environ, "HOME": str(tmp_path)}  # first run: the tiny models are built here
+    env = {**os.environ, "HOME": str(tmp_path)}  # a fresh home: nothing cached, the demo models ship with the code
     command = [str(Path(sys.executable).parent / "diffmesh"), "--log-format", "json", "up", "--host", "127.0.0.1",
                "--port", str(port), "--nats-port", str(free_port())]
     log_path = tmp_path / "up.log"
@@ -56,12 +57,15 @@ def test_up_serves_mocker_dllm_and_image_then_stops_cleanly_on_ctrl_c(tmp_path):
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
         models = {m.id for m in client.models.list().data}
         assert models == {"mocker", "tiny-dllm", "tiny-sd"}
-        for model in ("mocker", "tiny-dllm"):
-            chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=8)
-            assert chat.usage.completion_tokens > 0
-        image = client.images.generate(model="tiny-sd", prompt="a red cat", size="64x64")
-        assert Image.open(io.BytesIO(base64.b64decode(image.data[0].b64_json))).size == (64, 64)
-        assert (tmp_path / ".cache" / "diffmesh" / "models").is_dir()
+        chat = client.chat.completions.create(model="mocker", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+        assert chat.usage.completion_tokens > 0
+        question = [{"role": "user", "content": "my name is zoe. what is my name?"}]  # held out of the demo's training
+        chat = client.chat.completions.create(model="tiny-dllm", messages=question, max_tokens=32)
+        assert chat.choices[0].message.content.replace(" .", ".") == "your name is zoe."
+        image = client.images.generate(model="tiny-sd", prompt="a red circle on blue", size="64x64", extra_body={"seed": 1})
+        picture = Image.open(io.BytesIO(base64.b64decode(image.data[0].b64_json)))
+        assert picture.size == (64, 64) and shapes.colour_share(picture, "red", shapes.centre_disk(9)) >= 0.6
+        assert not (tmp_path / ".cache" / "diffmesh" / "models").exists()  # nothing had to be built
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -37,6 +37,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 BUILT_MARKER = ".diffmesh-built"  # written last: a directory without it is incomplete
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"  # trained by workers/dllm/train.py, shipped in the repo
 
 
 @dataclass(frozen=True)
@@ -101,16 +102,20 @@ def build_tiny_dllm(directory: Path, spec: TinySpec) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def build_tokenizer(directory: Path):
-    """WordPiece tokenizer (BertTokenizer recipe) with a Llama-3-style chat template, saved and reloaded."""
+def build_tokenizer(directory: Path, words: list[str] = WORDS, extra_special: tuple[str, ...] = ()):
+    """WordPiece tokenizer (BertTokenizer recipe) with a Llama-3-style chat template, saved and reloaded.
+
+    `extra_special` tokens (e.g. the `<image>` placeholder) get ids after the words and are never split.
+    """
     from transformers import AutoTokenizer, BertTokenizer
 
     with tempfile.TemporaryDirectory() as vocab_dir:
         pieces = ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
-        Path(vocab_dir, "vocab.txt").write_text("\n".join(SPECIAL_TOKENS + WORDS + CHARS + pieces) + "\n")
+        lines = SPECIAL_TOKENS + list(words) + CHARS + pieces + list(extra_special)
+        Path(vocab_dir, "vocab.txt").write_text("\n".join(lines) + "\n")
         tokenizer = BertTokenizer.from_pretrained(
             vocab_dir,
-            additional_special_tokens=SPECIAL_TOKENS[5:],
+            additional_special_tokens=SPECIAL_TOKENS[5:] + list(extra_special),
             eos_token="<|endoftext|>",
             bos_token="[CLS]",
         )

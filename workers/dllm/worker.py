@@ -141,7 +141,10 @@ def _chat_template(tokenizer) -> str | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `diffmesh worker dllm`; each also reads DIFFMESH_DLLM_<FIELD> (e.g. DIFFMESH_DLLM_MAX_BATCH)."""
     group = parser.add_argument_group("dLLM model")
-    group.add_argument("--model", help="checkpoint directory or hub id (default: the tiny random model, built on first run)")
+    group.add_argument("--model", help="checkpoint directory or hub id (default: --tiny)")
+    group.add_argument("--tiny", choices=["demo", "random"], default="demo",
+                       help="without --model: demo = the small model this repo trained and ships (answers templated "
+                            "prompts, see workers/dllm/demo_tasks.py); random = random weights, built on first run")
     group.add_argument("--served-model-name", help=f"name clients use (default: the directory name, or {DEFAULT_MODEL_NAME})")
     group.add_argument("--model-cache-dir", default=os.environ.get("DIFFMESH_MODEL_CACHE", MODEL_CACHE_DIR),
                        help="where the tiny default model is built (env DIFFMESH_MODEL_CACHE)")
@@ -185,9 +188,10 @@ def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None
     env = os.environ if env is None else env
     model, name = args.model or env.get(ENV_PREFIX + "MODEL"), args.served_model_name
     if model is None:
-        from workers.dllm.tiny import ensure_tiny_dllm
+        from workers.dllm.tiny import DEMO_MODEL_DIR, ensure_tiny_dllm
 
-        model = str(ensure_tiny_dllm(Path(args.model_cache_dir).expanduser()))
+        tiny = getattr(args, "tiny", "demo")
+        model = str(DEMO_MODEL_DIR if tiny == "demo" else ensure_tiny_dllm(Path(args.model_cache_dir).expanduser()))
         name = name or DEFAULT_MODEL_NAME
     device = args.device or env.get(ENV_PREFIX + "DEVICE") or _default_device()
     return from_env(

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 SD_VARIANTS = ("micro", "tiny")
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"  # trained by workers/image/train.py, shipped in the repo
 FAMILIES = ("sd", "flux", "wan")
 _MARKER = "diffmesh.json"  # per-model defaults (workers/image/families.py); written last = directory complete
 # Defaults that keep the tiny models fast and their step cache effective (thresholds calibrated on random weights).

@@ -121,8 +121,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--served-model-name", help=f"name clients use (default: the directory name, or {DEFAULT_MODEL_NAME})")
     model.add_argument("--model-cache-dir", default=os.environ.get("DIFFMESH_MODEL_CACHE", MODEL_CACHE_DIR),
                        help="where the tiny default pipeline is built (env DIFFMESH_MODEL_CACHE)")
-    model.add_argument("--tiny-family", choices=["sd", "flux", "wan"], default="sd",
-                       help="which tiny default to build without --model (wan: a text-to-video pipeline)")
+    model.add_argument("--tiny-family", choices=["shapes", "sd", "flux", "wan"], default="shapes",
+                       help="without --model: shapes = the small SD this repo trained and ships (draws the shape and "
+                            "colours a prompt names); sd, flux, wan (text-to-video) = random weights, built on first run")
     model.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     model.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="default: bfloat16 on cuda, float32 on cpu")
     model.add_argument("--cpu-offload", action="store_true", default=None, help="keep components on the CPU until they run (CUDA)")
@@ -169,10 +170,11 @@ def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None
     env = os.environ if env is None else env
     model, name = args.model or env.get(ENV_PREFIX + "MODEL"), args.served_model_name
     if model is None:
-        from workers.image.tiny import ensure_tiny_image
+        from workers.image.tiny import DEMO_MODEL_DIR, ensure_tiny_image
 
-        model = str(ensure_tiny_image(Path(args.model_cache_dir).expanduser(), args.tiny_family))
-        name = name or f"tiny-{args.tiny_family}"
+        family = args.tiny_family
+        model = str(DEMO_MODEL_DIR if family == "shapes" else ensure_tiny_image(Path(args.model_cache_dir).expanduser(), family))
+        name = name or ("tiny-sd" if family == "shapes" else f"tiny-{family}")
     storage = StorageConfig(
         url=args.storage_url or env.get(ENV_PREFIX + "STORAGE_URL") or env.get("DIFFMESH_MEDIA_DIR") or DEFAULT_STORAGE_URL,
         public_base_url=args.public_base_url or env.get(ENV_PREFIX + "PUBLIC_BASE_URL") or env.get("DIFFMESH_PUBLIC_BASE_URL"),

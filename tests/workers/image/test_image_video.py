@@ -189,3 +189,12 @@ async def test_content_before_completion_and_unknown_ids(video_mesh):
     with pytest.raises(openai.BadRequestError):
         await client.videos.download_content(video.id)
     await client.videos.delete(video.id)
+
+
+async def test_a_video_model_refuses_image_requests_and_lists_as_videos(video_mesh):
+    client, _ = video_mesh
+    with pytest.raises(openai.BadRequestError) as info:
+        await client.images.generate(model="tiny-wan", prompt="x")
+    assert info.value.body["param"] == "$.model"
+    models = {m.id: m for m in (await client.models.list()).data}
+    assert models["tiny-wan"].model_extra["kinds"] == ["videos"]

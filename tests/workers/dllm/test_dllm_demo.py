@@ -1,0 +1,77 @@
+"""The trained demo dLLM `diffmesh up` serves: readable answers to held-out templated prompts, loadable like any checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+import openai
+import pytest
+
+from protocol.work import DiffusionOptions, SamplingOptions
+from workers.dllm.config import DllmConfig
+from workers.dllm.demo_tasks import held_out_examples, training_examples
+from workers.dllm.engine import DllmEngine
+from workers.dllm.tiny import DEMO_MODEL_DIR
+from workers.dllm.train import chat_ids, normalise, train
+from workers.dllm.worker import DllmWorker, add_arguments, config_from_args
+
+
+@pytest.fixture(scope="module")
+def demo_engine():
+    return DllmEngine.from_pretrained(DllmConfig(model=str(DEMO_MODEL_DIR), max_cache_blocks=0))
+
+
+def answer(engine: DllmEngine, prompt: str, **diffusion) -> str:
+    outs = list(engine.generate("demo", chat_ids(engine.tokenizer, prompt), SamplingOptions(max_tokens=32),
+                                DiffusionOptions(**diffusion)))
+    return "".join(out.text for out in outs)
+
+
+def test_held_out_prompts_are_answered_correctly_at_least_80_percent(demo_engine):
+    examples = held_out_examples()
+    assert not {e.prompt for e in examples} & {e.prompt for e in training_examples()}  # truly held out
+    correct = [normalise(answer(demo_engine, e.prompt)) == normalise(e.answer) for e in examples]
+    assert sum(correct) / len(correct) >= 0.8, [e.prompt for e, ok in zip(examples, correct) if not ok]
+
+
+def test_threshold_decoding_with_the_cache_keeps_the_answers(demo_engine):
+    examples = held_out_examples()[:12]
+    correct = [normalise(answer(demo_engine, e.prompt, threshold=0.9, use_cache=True)) == normalise(e.answer)
+               for e in examples]
+    assert sum(correct) / len(correct) >= 0.8
+
+
+def test_demo_tokenizer_has_one_image_placeholder_token(demo_engine):
+    tokenizer = demo_engine.tokenizer
+    ids = tokenizer("look <image> here", add_special_tokens=False)["input_ids"]
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    assert image_id != tokenizer.unk_token_id and ids.count(image_id) == 1 and len(ids) == 3
+    assert "<image>" in tokenizer.all_special_tokens
+
+
+def test_the_worker_serves_the_demo_without_model_and_random_on_request(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args(["--model-cache-dir", str(tmp_path)]), env={}).model == str(DEMO_MODEL_DIR)
+    random = config_from_args(parser.parse_args(["--model-cache-dir", str(tmp_path), "--tiny", "random"]), env={})
+    assert random.model.startswith(str(tmp_path)) and random.served_model_name == "tiny-dllm"
+
+
+def test_the_training_script_writes_a_loadable_checkpoint(tmp_path):
+    out = train(tmp_path / "demo", steps=2, log_every=1)
+    engine = DllmEngine.from_pretrained(DllmConfig(model=str(out), max_cache_blocks=0))
+    assert engine.attention == "block_causal" and engine.block_size == 32
+    assert answer(engine, "hi")  # two steps of training: noise, but it runs end to end
+
+
+async def test_openai_chat_answers_a_held_out_prompt(mesh):
+    await mesh.start_frontend()
+    await mesh.add_worker(DllmWorker(DllmEngine.from_pretrained(DllmConfig(model=str(DEMO_MODEL_DIR),
+                                                                           served_model_name="tiny-dllm"))))
+    await mesh.wait_models("tiny-dllm", 1)
+    client = openai.AsyncOpenAI(base_url=f"{mesh.url}/v1", api_key="unused", max_retries=0)
+    chat = await client.chat.completions.create(model="tiny-dllm", max_tokens=32,
+                                                messages=[{"role": "user", "content": "my name is zoe. what is my name?"}])
+    await client.close()
+    assert normalise(chat.choices[0].message.content) == normalise("your name is zoe.")
+    assert chat.choices[0].finish_reason == "stop"
