@@ -9,14 +9,13 @@ import nats
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from frontend import images, text, videos
+from frontend import images, models, text, videos
 from frontend.bus import Requester
 from frontend.errors import error_response
 from frontend.openapi import build_openapi
 from frontend.registry import ModelRegistry
 from frontend.state import STATE, AppState, new_request_id
 from protocol.errors import MeshError, NotFound, Unauthorized
-from protocol.openai import ModelInfo, ModelList, json_encoder
 from router.service import build_router_service
 from shell.bus import connect
 from shell.config import FrontendConfig
@@ -78,16 +77,6 @@ def auth_middleware(api_key: str | None):
     return check
 
 
-async def list_models(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    data = []
-    for name, workers in sorted(state.registry.live_models().items()):
-        default = {"image": ["images"], "encode": ["embeddings"]}.get(workers[0].component, ["chat", "completions"])
-        kinds = workers[0].kinds or default
-        data.append(ModelInfo(id=name, created=int(min(w.started_at for w in workers)), kinds=kinds, workers=len(workers)))
-    return web.Response(body=json_encoder.encode(ModelList(data=data)), content_type="application/json")
-
-
 async def live(request: web.Request) -> web.Response:
     return web.json_response({"status": "live"})
 
@@ -137,7 +126,8 @@ def build_app(config: FrontendConfig) -> web.Application:
     app.router.add_get("/v1/videos/{video_id}", videos.retrieve)
     app.router.add_delete("/v1/videos/{video_id}", videos.delete)
     app.router.add_get("/v1/videos/{video_id}/content", videos.content)
-    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models", models.list_models)
+    app.router.add_get("/v1/models/{model:.+}", models.retrieve_model)
     app.router.add_get("/health", health)
     app.router.add_get("/live", live)
     app.router.add_get("/ready", ready)

@@ -26,7 +26,8 @@ HTTP_ERRORS: dict[str, tuple[int, str]] = {
     "deadline_exceeded": (504, "timeout_error"),
 }
 
-_PATH = re.compile(r" - at `(\$[^`]*)`$")
+_PATH = re.compile(r" - at (?:`key` in )?`(\$[^`]*)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]*)`")
 
 
 def envelope(exc: MeshError) -> bytes:
@@ -42,11 +43,18 @@ def error_response(exc: MeshError) -> web.Response:
 
 
 def from_validation(exc: msgspec.DecodeError) -> InvalidRequest:
-    """msgspec's message ends with the field path (`... - at `$.size``); surface it as `param`."""
+    """msgspec's message ends with the field path (`... - at `$.size``); surface it as `param`.
+
+    An unknown field is named by its own path (`$.messages[0].foo`): the schema forbids fields it does not know."""
     text = str(exc)
     match = _PATH.search(text)
+    path = match.group(1) if match else "$"
+    unknown = _UNKNOWN.match(text)
+    if unknown:
+        param = f"{path}.{unknown.group(1)}"
+        return InvalidRequest(f"unknown field `{param}`: diffmesh does not support it", param=param)
     if match:
-        return InvalidRequest(text, param=match.group(1))
+        return InvalidRequest(text, param=path)
     if isinstance(exc, msgspec.ValidationError):
         return InvalidRequest(text, param="$")
     return InvalidRequest(f"request body is not valid JSON: {text}", param="$")

@@ -10,14 +10,16 @@ import numpy as np
 from aiohttp import web
 
 from shell.logs import request_id_var
+from frontend.capabilities import check_image
 from frontend.errors import envelope, error_response, from_validation
 from frontend.state import STATE, AppState, Dispatched, new_request_id, raise_if_error, read_body, serve_request
 from frontend.text import DONE, SSE_HEADERS
 from frontend.uploads import Form, convert_form, file_param, read_form
 from protocol.errors import InvalidRequest, MeshError
-from protocol.openai import (
+from protocol.openai import json_encoder
+from protocol.openai_images import (
     ImageCompletedEvent, ImageData, ImageEditCompletedEvent, ImageEditPartialEvent, ImageEditRequest,
-    ImageGenerationRequest, ImagePartialEvent, ImagesResponse, ImageUsage, image_decoder, json_encoder,
+    ImageGenerationRequest, ImageNvExt, ImagePartialEvent, ImagesResponse, ImageUsage, image_decoder,
 )
 from protocol.routing import RouteRequest
 from protocol.work import Final, ImageOutput, ImageRequest
@@ -43,6 +45,7 @@ async def _handle(request: web.Request, endpoint: str, parse) -> web.StreamRespo
         model = entry.card.name  # a label only once the model is known: client strings must not grow /metrics
         if "images" not in entry.card.kinds:
             raise InvalidRequest(f"model {model!r} does not generate images", param="$.model")
+        check_image(req, entry.card)
         work = build_image_request(req, model, new_request_id(request_id_var.get() or "img"), **extra)
     except MeshError as exc:
         response = error_response(exc)
@@ -65,6 +68,11 @@ async def _parse_generation(request: web.Request, state: AppState) -> tuple[Imag
 async def _parse_edit(request: web.Request, state: AppState) -> tuple[ImageEditRequest, dict]:
     form = await read_form(request, state.config.max_body_bytes)
     req = convert_form(form.fields, ImageEditRequest)
+    if "markup" in form.files:
+        raise InvalidRequest("`markup` needs SVG output, which no diffmesh model writes", param="$.markup")
+    unknown = sorted(set(form.files) - {"image", "mask"})
+    if unknown:
+        raise InvalidRequest(f"unknown file field {unknown[0]!r}", param=f"$.{unknown[0]}")
     images = [_checked_upload(form, "image", i) for i in range(len(form.files.get("image", [])))]
     if not images:
         raise InvalidRequest("image is required: one PNG, JPEG or WEBP file", param="$.image")
@@ -111,24 +119,27 @@ def pick_model(state: AppState, model: str | None, kind: str) -> str:
 
 def build_image_request(req: ImageGenerationRequest | ImageEditRequest, model: str, request_id: str,
                         **edit) -> ImageRequest:
-    """Cross-field checks the schema cannot express, then the bus request (`edit`: images, mask, strength)."""
-    if req.background == "transparent" and req.output_format == "jpeg":
+    """Cross-field checks the schema cannot express, then the bus request (a null field means its default;
+    `edit`: the input images, mask and strength of an edit)."""
+    output_format, background = req.output_format or "png", req.background or "auto"
+    if background == "transparent" and output_format == "jpeg":
         raise InvalidRequest("background=transparent needs output_format png or webp", param="$.background")
-    if req.output_compression is not None and req.output_format == "png":
+    if req.output_compression is not None and output_format == "png":
         raise InvalidRequest("output_compression applies to jpeg and webp only", param="$.output_compression")
     if req.partial_images and not req.stream:
         raise InvalidRequest("partial_images needs stream=true", param="$.partial_images")
     width = height = None
-    if req.size != "auto":
+    if req.size and req.size != "auto":
         width, height = (int(v) for v in req.size.split("x"))
-    ext = req.nvext
-    seed = ext.seed if ext and ext.seed is not None else req.seed
-    return ImageRequest(request_id=request_id, model=model, prompt=req.prompt, n=req.n, width=width, height=height,
-                        num_inference_steps=ext.num_inference_steps if ext else None, quality=req.quality,
-                        guidance_scale=ext.guidance_scale if ext else None, negative_prompt=ext.negative_prompt if ext else None,
-                        seed=seed, output_format=req.output_format, output_compression=req.output_compression,
-                        background=req.background, response_format=req.response_format, user=req.user, stream=req.stream,
-                        partial_images=req.partial_images, step_cache=ext.step_cache if ext else None, **edit)
+    ext = req.nvext or ImageNvExt()
+    return ImageRequest(request_id=request_id, model=model, prompt=req.prompt, n=req.n or 1, width=width, height=height,
+                        num_inference_steps=ext.num_inference_steps, quality=req.quality or "auto",
+                        guidance_scale=ext.guidance_scale, negative_prompt=ext.negative_prompt,
+                        seed=ext.seed if ext.seed is not None else req.seed, output_format=output_format,
+                        output_compression=req.output_compression, background=background,
+                        response_format=req.response_format or "b64_json", user=req.safety_identifier or req.user,
+                        stream=bool(req.stream), partial_images=req.partial_images or 0, step_cache=ext.step_cache,
+                        **edit)
 
 
 def routing_tokens(work: ImageRequest) -> bytes:
@@ -141,11 +152,11 @@ async def _serve(request: web.Request, state: AppState, req, work: ImageRequest,
                          worker_id=req.nvext.worker_id if req.nvext else None)
 
     async def respond(dispatched: Dispatched) -> web.StreamResponse:
-        if req.stream:
-            return await _stream(request, dispatched, req)
-        return await _collect(state, dispatched, req, work.model)
+        if work.stream:
+            return await _stream(request, dispatched, work)
+        return await _collect(state, dispatched, work)
 
-    return await serve_request(state, route, work, endpoint, req.stream, respond)
+    return await serve_request(state, route, work, endpoint, work.stream, respond)
 
 
 def _image_data(out: ImageOutput) -> ImageData:
@@ -154,7 +165,7 @@ def _image_data(out: ImageOutput) -> ImageData:
     return ImageData(b64_json=base64.b64encode(out.data).decode())
 
 
-async def _collect(state: AppState, d: Dispatched, req, model: str) -> web.Response:
+async def _collect(state: AppState, d: Dispatched, req: ImageRequest) -> web.Response:
     images: dict[int, ImageData] = {}
     sizes = set()
     reply = d.first
@@ -163,7 +174,7 @@ async def _collect(state: AppState, d: Dispatched, req, model: str) -> web.Respo
             images[reply.index] = _image_data(reply)
             sizes.add(f"{reply.width}x{reply.height}")
         reply = raise_if_error(await d.stream.next())
-    state.metrics.model(model).images.inc(len(images))
+    state.metrics.model(req.model).images.inc(len(images))
     body = ImagesResponse(created=int(time.time()), data=[images[i] for i in sorted(images)], output_format=req.output_format,
                           quality=req.quality, background=req.background, size=sizes.pop() if len(sizes) == 1 else None,
                           usage=ImageUsage(output_tokens=0))
@@ -171,7 +182,7 @@ async def _collect(state: AppState, d: Dispatched, req, model: str) -> web.Respo
                         headers={"x-diffmesh-worker": d.decision.worker_id})
 
 
-async def _stream(request: web.Request, d: Dispatched, req) -> web.StreamResponse:
+async def _stream(request: web.Request, d: Dispatched, req: ImageRequest) -> web.StreamResponse:
     response = web.StreamResponse(headers={**SSE_HEADERS, "x-diffmesh-worker": d.decision.worker_id})
     await response.prepare(request)
     reply = d.first
@@ -187,10 +198,10 @@ async def _stream(request: web.Request, d: Dispatched, req) -> web.StreamRespons
     return response
 
 
-def _event(out: ImageOutput, req: ImageGenerationRequest | ImageEditRequest) -> bytes:
+def _event(out: ImageOutput, req: ImageRequest) -> bytes:
     common = dict(b64_json=base64.b64encode(out.data).decode(), created_at=int(time.time()), output_format=out.output_format,
                   size=f"{out.width}x{out.height}", quality=req.quality, background=req.background)
-    is_edit = isinstance(req, ImageEditRequest)
+    is_edit = bool(req.images)
     if out.partial_index is not None:
         event = (ImageEditPartialEvent if is_edit else ImagePartialEvent)(partial_image_index=out.partial_index, **common)
     else:

@@ -42,7 +42,7 @@ class Preprocessor:
     def render_chat(self, messages: list[ChatMessage]) -> str:
         if self.template is None:
             raise InvalidRequest(f"model {self.card.name!r} has no chat template; use /v1/completions", param="$.model")
-        plain = [{"role": m.role, "content": self._text_of(m, i)} for i, m in enumerate(messages)]
+        plain = [_plain(m, self._text_of(m, i)) for i, m in enumerate(messages)]
         try:
             return self.template.render(messages=plain, add_generation_prompt=True, bos_token=self.card.bos_token or "",
                                         eos_token=self.card.eos_token or "")
@@ -68,6 +68,12 @@ class Preprocessor:
         ids = self._require_tokenizer().encode(text, add_special_tokens=False).ids
         return np.asarray(ids, dtype=TOKEN_DTYPE)
 
+    def decode(self, ids: list[int]) -> str:
+        return self._require_tokenizer().decode(ids, skip_special_tokens=False)
+
+    def vocab_size(self) -> int:
+        return self._require_tokenizer().get_vocab_size(with_added_tokens=True)
+
     def prompt_tokens(self, prompt: str | list[int]) -> np.ndarray:
         if isinstance(prompt, str):
             return self.encode(prompt)
@@ -76,3 +82,11 @@ class Preprocessor:
         if tokens.size and int(tokens.max()) >= vocab:
             raise InvalidRequest(f"token id {int(tokens.max())} is outside the vocabulary ({vocab})", param="$.prompt")
         return tokens
+
+
+def _plain(message: ChatMessage, text: str) -> dict:
+    """A message as chat templates take it; `name` only when given (templates test `message.name is defined`)."""
+    plain = {"role": message.role, "content": text}
+    if message.name:
+        plain["name"] = message.name
+    return plain

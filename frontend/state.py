@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -19,7 +19,7 @@ from protocol import subjects
 from protocol.errors import MeshError, Overloaded, PayloadTooLarge, WorkerLost, WorkerUnavailable, error_from_code
 from protocol.routing import RouteDecision, RouteRequest
 from frontend.errors import error_response
-from protocol.work import Ack, Error, Reply, work_encoder
+from protocol.work import Ack, Error, Final, Reply, work_encoder
 
 MAX_MIGRATIONS = 2  # re-sends to other workers before any output reached the client
 RETRIABLE = (WorkerUnavailable, WorkerLost, Overloaded)
@@ -95,25 +95,100 @@ async def dispatch(state: AppState, route: RouteRequest, payload_for, model: str
             state.requester.close(bus_id)
             state.router.on_finish(bus_id)
             raise
-        except asyncio.CancelledError:  # the client went away before the first reply
-            abandon(state, Dispatched(bus_id, decision, stream, None), model)
+        except asyncio.CancelledError:  # the client went away (or a sibling choice failed) before the first reply
+            release(state, Dispatched(bus_id, decision, stream, None))
             raise
     raise last  # unreachable: the loop either returns or raises
 
 
+async def dispatch_all(state: AppState, jobs: list[tuple[RouteRequest, object]], model: str) -> list[Dispatched]:
+    """Dispatch every bus request of one HTTP request (n choices) at once; if one fails, stop the others and raise."""
+    if len(jobs) == 1:
+        return [await _dispatch_started(state, *jobs[0], model)]
+    started: list[Dispatched] = []  # those still running on the cancelled path release themselves in dispatch()
+
+    async def one(route: RouteRequest, work) -> Dispatched:
+        dispatched = await _dispatch_started(state, route, work, model)
+        started.append(dispatched)
+        return dispatched
+
+    try:
+        return await first_error([one(route, work) for route, work in jobs])
+    except BaseException:
+        for dispatched in started:
+            release(state, dispatched)
+        raise
+
+
+async def _dispatch_started(state: AppState, route: RouteRequest, work, model: str) -> Dispatched:
+    dispatched = await dispatch(state, route, lambda bus_id: encode_for(work, bus_id), model)
+    state.router.on_first_token(dispatched.bus_id)
+    return dispatched
+
+
+async def first_error(coros) -> list:
+    """Run coroutines together; on the first failure cancel the rest and raise it (gather leaves them running)."""
+    if len(coros) == 1:
+        return [await coros[0]]
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        raise
+    for task in pending:
+        task.cancel()
+    error = next((t.exception() for t in done if not t.cancelled() and t.exception() is not None), None)
+    if error is not None:
+        raise error
+    return [task.result() for task in tasks]
+
+
+async def merged_replies(ds: list[Dispatched]) -> AsyncIterator[tuple[int, Reply]]:
+    """(choice, reply) from every stream as they arrive, each stream's ending with its Final; errors raise."""
+    if len(ds) == 1:
+        reply = ds[0].first
+        while True:
+            yield 0, reply
+            if isinstance(reply, Final):
+                return
+            reply = raise_if_error(await ds[0].stream.next())
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, d: Dispatched) -> None:
+        reply = d.first
+        try:
+            while True:
+                queue.put_nowait((i, reply))
+                if isinstance(reply, Final):
+                    return
+                reply = raise_if_error(await d.stream.next())
+        except MeshError as exc:
+            queue.put_nowait((i, exc))
+
+    tasks = [asyncio.ensure_future(pump(i, d)) for i, d in enumerate(ds)]
+    try:
+        remaining = len(ds)
+        while remaining:
+            i, item = await queue.get()
+            if isinstance(item, MeshError):
+                raise item
+            remaining -= isinstance(item, Final)
+            yield i, item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 def release(state: AppState, dispatched: Dispatched | None) -> None:
-    if dispatched is not None:
-        state.requester.close(dispatched.bus_id)
-        state.router.on_finish(dispatched.bus_id)
-
-
-def abandon(state: AppState, dispatched: Dispatched, model: str) -> None:
-    """Client disconnected: tell the worker to stop (fire-and-forget; we may be inside a cancelled task)."""
-    state.metrics.model(model).disconnected.inc()
+    """Forget the request; a worker still producing for it is told to stop (fire-and-forget)."""
+    if dispatched is None:
+        return
     if not dispatched.stream.done:
         asyncio.ensure_future(state.requester.cancel(dispatched.decision.worker_id, dispatched.bus_id))
-    release(state, dispatched)
-
+    state.requester.close(dispatched.bus_id)
+    state.router.on_finish(dispatched.bus_id)
 
 
 def encode_for(work, bus_id: str) -> bytes:
@@ -126,20 +201,25 @@ def encode_for(work, bus_id: str) -> bytes:
 async def serve_request(state: AppState, route: RouteRequest, work, endpoint: str, is_stream: bool,
                         respond: Callable[[Dispatched], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """One request's lifecycle: dispatch, hand the replies to `respond`, map errors, cancel on disconnect, count."""
-    model = route.model
+    return await serve_choices(state, [(route, work)], endpoint, is_stream, lambda ds: respond(ds[0]))
+
+
+async def serve_choices(state: AppState, jobs: list[tuple[RouteRequest, object]], endpoint: str, is_stream: bool,
+                        respond: Callable[[list[Dispatched]], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """serve_request over several bus requests (the n choices of one HTTP request); all start or none does."""
+    model = jobs[0][0].model
     metrics = state.metrics.model(model)
     started = time.monotonic()
     metrics.inflight.inc()
-    dispatched: Dispatched | None = None
+    dispatched: list[Dispatched] = []
     status = "200"
     try:
         metrics.queued.inc()
         try:
-            dispatched = await dispatch(state, route, lambda bus_id: encode_for(work, bus_id), model)
+            dispatched = await dispatch_all(state, jobs, model)
         finally:
             metrics.queued.dec()
         metrics.ttft.observe(time.monotonic() - started)
-        state.router.on_first_token(dispatched.bus_id)
         return await respond(dispatched)
     except MeshError as exc:
         response = error_response(exc)
@@ -147,11 +227,11 @@ async def serve_request(state: AppState, route: RouteRequest, work, endpoint: st
         return response
     except asyncio.CancelledError:
         status = "499"
-        if dispatched is not None:
-            abandon(state, dispatched, model)
+        metrics.disconnected.inc()
         raise
     finally:
-        release(state, dispatched)
+        for d in dispatched:
+            release(state, d)
         metrics.inflight.dec()
         metrics.duration.observe(time.monotonic() - started)
         metrics.request_done(endpoint, "stream" if is_stream else "unary", status)

@@ -1,25 +1,27 @@
-"""POST /v1/chat/completions and /v1/completions: preprocess, route, stream or collect."""
+"""POST /v1/chat/completions and /v1/completions: validate against the model, plan the choices, stream or collect."""
 
 from __future__ import annotations
 
 import time
+from contextlib import aclosing
 
 import msgspec
-import numpy as np
 from aiohttp import web
 
-from shell.logs import request_id_var
+from frontend.capabilities import check_chat, check_completion
 from frontend.errors import envelope, error_response, from_validation
+from frontend.logprobs import mean_logprob
 from frontend.registry import ModelEntry
-from frontend.state import STATE, AppState, Dispatched, new_request_id, raise_if_error, read_body, serve_request
-from protocol.errors import InvalidRequest, MeshError
-from protocol.openai import (
-    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChunkChoice, Completion,
-    CompletionChoice, CompletionRequest, CompletionTokensDetails, Delta, PromptTokensDetails, UsageInfo, chat_decoder,
-    completion_decoder, json_encoder,
+from frontend.state import (
+    STATE, AppState, Dispatched, first_error, merged_replies, new_request_id, raise_if_error, read_body, serve_choices,
 )
+from frontend.textformat import ChoiceResult, Formatter, total_usage
+from frontend.textplan import Choice, Plan, build_plan
+from protocol.errors import InvalidRequest, MeshError
+from protocol.openai import ChatCompletionRequest, CompletionRequest, chat_decoder, completion_decoder
 from protocol.routing import RouteRequest
-from protocol.work import Chunk, DiffusionOptions, Final, GenerateRequest, SamplingOptions, Usage
+from protocol.work import Chunk, Final, Usage
+from shell.logs import request_id_var
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = b"data: [DONE]\n\n"
@@ -47,127 +49,116 @@ async def _handle(request: web.Request, kind: str) -> web.StreamResponse:
         model = req.model  # a label only once the model is known: client strings must not grow /metrics
         if kind not in entry.card.kinds:
             raise InvalidRequest(f"model {req.model!r} does not serve {kind}", param="$.model")
-        work = _build_work(req, entry, kind, request_id_var.get())
+        (check_chat if kind == "chat" else check_completion)(req, entry.card)
+        plan = build_plan(req, entry, kind, new_request_id(request_id_var.get() or "cmpl"))
     except MeshError as exc:
         response = error_response(exc)
         state.metrics.model(model).request_done(endpoint, "unary", str(response.status))
         return response
-    return await _serve(request, state, req, work, kind)
+    return await _serve(request, state, req, entry, plan, kind)
 
 
-def _build_work(req: ChatCompletionRequest | CompletionRequest, entry: ModelEntry, kind: str, request_id: str | None) -> GenerateRequest:
-    pre = entry.preprocessor
-    tokens = pre.chat_tokens(req.messages) if kind == "chat" else pre.prompt_tokens(req.prompt)
-    limit = entry.card.context_length or 2**31
-    requested = getattr(req, "max_completion_tokens", None) or req.max_tokens
-    max_tokens = requested or min(int(entry.card.defaults.get("max_tokens", 256)), max(limit - len(tokens), 1))
-    if len(tokens) + max_tokens > limit:
-        raise InvalidRequest(f"prompt ({len(tokens)} tokens) + max_tokens ({max_tokens}) exceeds the model's context "
-                             f"length {limit}", param="$.max_tokens")
-    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-    ext = req.nvext
-    sampling = SamplingOptions(max_tokens=max_tokens, temperature=req.temperature or 0.0, top_p=req.top_p or 1.0,
-                               seed=req.seed, stop=stop, ignore_eos=bool(ext and ext.ignore_eos))
-    diffusion = None
-    if ext is not None and (ext.steps or ext.block_length or ext.threshold or ext.remasking or ext.cfg_scale or ext.use_cache is not None):
-        diffusion = DiffusionOptions(steps=ext.steps, block_length=ext.block_length, threshold=ext.threshold,
-                                     remasking=ext.remasking or "low_confidence", cfg_scale=ext.cfg_scale or 0.0,
-                                     use_cache=ext.use_cache)
-    return GenerateRequest(request_id=new_request_id(request_id or "cmpl"), model=req.model,
-                           token_ids=np.ascontiguousarray(tokens).tobytes(), sampling=sampling, diffusion=diffusion,
-                           stream=req.stream)
-
-
-class _Formatter:
-    """Builds the OpenAI objects of one response (chat or text completion)."""
-
-    def __init__(self, kind: str, request_id: str, model: str):
-        self.kind, self.id, self.model, self.created = kind, request_id, model, int(time.time())
-        self.sent_role = False
-
-    def chunk(self, text: str, finish_reason: str | None = None, usage: UsageInfo | None = None, empty: bool = False) -> bytes:
-        if self.kind == "chat":
-            delta = Delta(content=text if text or not finish_reason else None)
-            if not self.sent_role:
-                delta, self.sent_role = Delta(role="assistant", content=delta.content), True
-            choices = [] if empty else [ChunkChoice(index=0, delta=delta, finish_reason=finish_reason)]
-            obj = ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
-        else:
-            choices = [] if empty else [CompletionChoice(index=0, text=text, finish_reason=finish_reason)]
-            obj = Completion(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)
-        return b"data: " + json_encoder.encode(obj) + b"\n\n"
-
-    def whole(self, text: str, finish_reason: str | None, usage: UsageInfo) -> bytes:
-        if self.kind == "chat":
-            choice = ChatChoice(index=0, message=AssistantMessage(content=text), finish_reason=finish_reason)
-            return json_encoder.encode(ChatCompletion(id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage))
-        choice = CompletionChoice(index=0, text=text, finish_reason=finish_reason)
-        return json_encoder.encode(Completion(id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage))
-
-
-def usage_info(usage: Usage) -> UsageInfo:
-    return UsageInfo(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                     total_tokens=usage.prompt_tokens + usage.completion_tokens,
-                     prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
-                     completion_tokens_details=CompletionTokensDetails(forward_passes=usage.forward_passes or None))
-
-
-async def _serve(request: web.Request, state: AppState, req, work: GenerateRequest, kind: str) -> web.StreamResponse:
+async def _serve(request: web.Request, state: AppState, req: ChatCompletionRequest | CompletionRequest, entry: ModelEntry,
+                 plan: Plan, kind: str) -> web.StreamResponse:
     model = req.model
-    state.metrics.model(model).input_tokens.observe(len(work.token_ids) // 4)
-    route = RouteRequest(request_id=work.request_id, model=model, token_ids=work.token_ids,
-                         worker_id=req.nvext.worker_id if req.nvext else None)
-    fmt = _Formatter(kind, work.request_id, model)
+    for prompt in plan.prompts:
+        state.metrics.model(model).input_tokens.observe(len(prompt.tokens))
+    worker_id = req.nvext.worker_id if req.nvext else None
+    jobs = [(RouteRequest(request_id=c.work.request_id, model=model, token_ids=c.work.token_ids, worker_id=worker_id), c.work)
+            for c in plan.choices]
+    options = req.stream_options
+    fmt = Formatter(kind, plan.request_id, model, plan, entry.preprocessor.tokenizer,
+                    service_tier=getattr(req, "service_tier", None), obfuscate=bool(options and options.include_obfuscation))
 
-    async def respond(dispatched: Dispatched) -> web.StreamResponse:
+    async def respond(dispatched: list[Dispatched]) -> web.StreamResponse:
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return await _stream(request, state, dispatched, fmt, include_usage, model)
-        return await _collect(state, dispatched, fmt, model)
+            return await _stream(request, state, dispatched, plan, fmt, bool(options and options.include_usage), model)
+        return await _collect(state, dispatched, plan, fmt, model)
 
     endpoint = "chat_completions" if kind == "chat" else "completions"
-    return await serve_request(state, route, work, endpoint, req.stream, respond)
+    return await serve_choices(state, jobs, endpoint, bool(req.stream), respond)
 
 
-async def _collect(state: AppState, d: Dispatched, fmt: _Formatter, model: str) -> web.Response:
+def _workers_header(ds: list[Dispatched]) -> dict[str, str]:
+    return {"x-diffmesh-worker": ",".join(dict.fromkeys(d.decision.worker_id for d in ds))}
+
+
+async def _collect(state: AppState, ds: list[Dispatched], plan: Plan, fmt: Formatter, model: str) -> web.Response:
+    results = await first_error([_collect_one(d, c) for d, c in zip(ds, plan.choices)])
+    for result in results:
+        _count_output(state, model, result.usage)
+    body = fmt.whole(best_of(plan, results), total_usage(plan, results))
+    return web.Response(body=body, content_type="application/json", headers=_workers_header(ds))
+
+
+async def _collect_one(d: Dispatched, choice: Choice) -> ChoiceResult:
     parts: list[str] = []
+    segments = []
     reply = d.first
-    while not isinstance(reply, Final):
-        if isinstance(reply, Chunk):
+    while True:
+        if isinstance(reply, (Chunk, Final)):
             parts.append(reply.text)
+            if reply.logprobs is not None:
+                segments.append((reply.token_ids, reply.logprobs))
+        if isinstance(reply, Final):
+            return ChoiceResult(choice, "".join(parts), reply.finish_reason, reply.usage, segments)
         reply = raise_if_error(await d.stream.next())
-    parts.append(reply.text)
-    _count_output(state, model, reply.usage)
-    body = fmt.whole("".join(parts), reply.finish_reason, usage_info(reply.usage))
-    return web.Response(body=body, content_type="application/json", headers={"x-diffmesh-worker": d.decision.worker_id})
 
 
-async def _stream(request: web.Request, state: AppState, d: Dispatched, fmt: _Formatter, include_usage: bool, model: str) -> web.StreamResponse:
-    response = web.StreamResponse(headers={**SSE_HEADERS, "x-diffmesh-worker": d.decision.worker_id})
+def best_of(plan: Plan, results: list[ChoiceResult]) -> list[ChoiceResult]:
+    """The n choices per prompt to return: all of them, or (best_of) those of highest mean token log-probability."""
+    if plan.per_prompt == plan.num_returned:
+        return results
+    picked = []
+    for p in range(len(plan.prompts)):
+        candidates = [r for r in results if r.choice.prompt_index == p]
+        candidates.sort(key=lambda r: -mean_logprob([lp for _, lp in r.segments]))  # stable: ties keep sample order
+        picked += candidates[: plan.num_returned]
+    return picked
+
+
+async def _stream(request: web.Request, state: AppState, ds: list[Dispatched], plan: Plan, fmt: Formatter,
+                  include_usage: bool, model: str) -> web.StreamResponse:
+    response = web.StreamResponse(headers={**SSE_HEADERS, **_workers_header(ds)})
     await response.prepare(request)
     itl = state.metrics.model(model).itl
-    reply, last = d.first, None  # the first chunk's latency is TTFT, not an inter-token gap
+    results: list[ChoiceResult] = []
+    last: dict[int, float] = {}  # per choice; the first chunk's latency is TTFT, not an inter-token gap
     try:
-        while not isinstance(reply, Final):
-            if isinstance(reply, Chunk) and reply.text:
-                pieces = reply.pieces or [reply.text]
-                await response.write(b"".join(fmt.chunk(piece) for piece in pieces))
-                now = time.monotonic()
-                if last is not None:
-                    itl.observe((now - last) / max(len(reply.token_ids) // 4, 1))
-                last = now
-            reply = raise_if_error(await d.stream.next())
+        if plan.echo:
+            await response.write(b"".join(fmt.event(c, plan.prompts[c.prompt_index].text) for c in plan.choices))
+        async with aclosing(merged_replies(ds)) as replies:  # closed at once: its pumps stop with the response
+            async for i, reply in replies:
+                choice = plan.choices[i]
+                await response.write(_events(fmt, choice, reply))
+                if isinstance(reply, Chunk) and reply.text:
+                    now = time.monotonic()
+                    if i in last:
+                        itl.observe((now - last[i]) / max(len(reply.token_ids) // 4, 1))
+                    last[i] = now
+                elif isinstance(reply, Final):
+                    results.append(ChoiceResult(choice, "", reply.finish_reason, reply.usage))
     except MeshError as exc:  # headers are out: report in-band, as OpenAI clients expect
         await response.write(b"data: " + envelope(exc) + b"\n\n")
         return response
-    if reply.text:
-        await response.write(fmt.chunk(reply.text))
-    await response.write(fmt.chunk("", finish_reason=reply.finish_reason))
     if include_usage:
-        await response.write(fmt.chunk("", usage=usage_info(reply.usage), empty=True))
+        await response.write(fmt.usage_event(total_usage(plan, results)))
     await response.write(DONE)
-    _count_output(state, model, reply.usage)
+    for result in results:
+        _count_output(state, model, result.usage)
     return response
+
+
+def _events(fmt: Formatter, choice: Choice, reply) -> bytes:
+    """The SSE events of one reply: a chunk's pieces (one per token), or one event with its logprobs."""
+    if isinstance(reply, Chunk):
+        if reply.logprobs is None and reply.pieces:
+            return b"".join(fmt.event(choice, piece) for piece in reply.pieces)
+        return fmt.event(choice, reply.text, reply.token_ids, reply.logprobs) if reply.text or reply.logprobs else b""
+    if isinstance(reply, Final):
+        out = fmt.event(choice, reply.text, reply.token_ids, reply.logprobs) if reply.text or reply.logprobs else b""
+        return out + fmt.event(choice, "", finish_reason=reply.finish_reason)
+    return b""
 
 
 def _count_output(state: AppState, model: str, usage: Usage) -> None:
@@ -175,4 +166,3 @@ def _count_output(state: AppState, model: str, usage: Usage) -> None:
     m.output_tokens.observe(usage.completion_tokens)
     m.output_tokens_total.inc(usage.completion_tokens)
     m.cached_tokens.inc(usage.cached_tokens)
-

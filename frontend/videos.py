@@ -26,9 +26,9 @@ from frontend.state import STATE, AppState, Dispatched, dispatch, encode_for, ra
 from frontend.uploads import convert_form, read_form
 from protocol import subjects
 from protocol.errors import InvalidRequest, MeshError, NotFound
-from protocol.openai import (
-    Video, VideoCreateRequest, VideoDeleted, VideoError, VideoList, VideoRecord, json_encoder, video_decoder,
-    video_record_decoder,
+from protocol.openai import json_encoder
+from protocol.openai_videos import (
+    Video, VideoCreateRequest, VideoDeleted, VideoError, VideoList, VideoRecord, video_decoder, video_record_decoder,
 )
 from protocol.routing import RouteRequest
 from protocol.work import Final, VideoOutput, VideoProgress, VideoRequest

@@ -88,6 +88,15 @@ Event = KvEventBatch | LoadReport | Heartbeat | Goodbye
 
 ModelKind = Literal["chat", "completions", "images", "videos", "embeddings"]
 
+# Optional request features a model may list in `ModelCard.features`; the frontend answers a request that uses a
+# feature its model does not list with a 400 naming the field (frontend/capabilities.py holds the field table).
+KNOWN_FEATURES = (
+    "logprobs",  # per-token log-probabilities (chat logprobs/top_logprobs, completions logprobs, best_of)
+    "logit_bias",  # SamplingOptions.logit_bias is added to the logits before sampling
+    "prompt_logprobs",  # log-probabilities of prompt tokens (completions echo + logprobs)
+    "penalties", "json_object", "json_schema", "tools", "suffix", "reasoning",  # no diffmesh worker has these yet
+)
+
 
 class ModelCard(msgspec.Struct, frozen=True, kw_only=True):
     """What a frontend needs to serve a model without its files (stored in the JetStream KV bucket)."""
@@ -105,6 +114,7 @@ class ModelCard(msgspec.Struct, frozen=True, kw_only=True):
     bos_token: str | None = None
     eos_token: str | None = None
     defaults: dict[str, float | int | str | bool] = {}  # per-model request defaults (steps, size, ...)
+    features: list[str] = []  # optional request features it implements (KNOWN_FEATURES); unknown names are kept
     created: int = 0  # unix seconds
 
 

@@ -1,27 +1,34 @@
-"""OpenAI HTTP schema (chat, completions, images, models, errors) plus the `nvext` extensions.
+"""OpenAI HTTP schema (chat, completions, models, errors; images in openai_images) plus the `nvext` extensions.
 
-Requests decode with msgspec.json; constraint failures name the field path (`$.nvext.steps`).
-Unknown request fields are ignored (OpenAI clients send many optional ones); known ones are validated.
+Requests decode with msgspec.json; constraint failures name the field path (`$.nvext.steps`). Request Structs
+forbid unknown fields, so a field this schema does not know is a 400 naming it. Fields that only some models
+support (tools, response_format json, logit_bias, ...) decode here and are checked against the model card by
+frontend/capabilities.py, which also holds the documented list of accepted-but-inert fields.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 PositiveInt = Annotated[int, Meta(ge=1)]
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 Seed = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+TokenId = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+MAX_CHOICES = 128  # n (times the prompts of a completions request) at most, as OpenAI caps n
+Metadata = Annotated[dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=512)]], Meta(max_length=16)]
+LogitBias = dict[str, Annotated[float, Meta(ge=-100.0, le=100.0)]]  # token id (as a string) -> bias
 
 
-class Req(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Base of HTTP request bodies."""
+class Req(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Base of HTTP request bodies: an unknown field is a validation error naming it."""
 
 
 class Resp(msgspec.Struct, kw_only=True):
-    """Base of HTTP response bodies (None fields are left out)."""
+    """Base of HTTP response bodies (None fields are sent as null, UNSET ones are left out)."""
 
 
 # --- chat -------------------------------------------------------------------------------------------
@@ -29,28 +36,72 @@ class Resp(msgspec.Struct, kw_only=True):
 
 class TextPart(Req, kw_only=True, tag_field="type", tag="text"):
     text: str
+    prompt_cache_breakpoint: Any = None  # accepted: every full KV block is cached anyway
 
 
 class ImageUrl(Req, kw_only=True):
     url: Annotated[str, Meta(min_length=1)]
-    detail: Literal["auto", "low", "high"] = "auto"
+    detail: Literal["auto", "low", "high", "original"] = "auto"
 
 
 class ImageUrlPart(Req, kw_only=True, tag_field="type", tag="image_url"):
     image_url: ImageUrl
+    prompt_cache_breakpoint: Any = None
 
 
-ContentPart = TextPart | ImageUrlPart
+class InputAudioPart(Req, kw_only=True, tag_field="type", tag="input_audio"):
+    input_audio: Any
+    prompt_cache_breakpoint: Any = None
+
+
+class FilePart(Req, kw_only=True, tag_field="type", tag="file"):
+    file: Any
+    prompt_cache_breakpoint: Any = None
+
+
+class RefusalPart(Req, kw_only=True, tag_field="type", tag="refusal"):
+    refusal: str
+
+
+ContentPart = TextPart | ImageUrlPart | InputAudioPart | FilePart | RefusalPart
 
 
 class ChatMessage(Req, kw_only=True):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    """One message of any role; which fields a role may carry is checked in frontend/capabilities.py."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
-    name: str | None = None
+    name: str | None = None  # passed to the chat template
+    tool_calls: Any = None
+    tool_call_id: str | None = None
+    function_call: Any = None
+    audio: Any = None
+    refusal: str | None = None
 
 
 class StreamOptions(Req, kw_only=True):
     include_usage: bool = False
+    include_obfuscation: bool = False  # pad every chunk with a random `obfuscation` string (size side channels)
+
+
+class ResponseFormatText(Req, kw_only=True, tag_field="type", tag="text"):
+    pass
+
+
+class ResponseFormatJsonObject(Req, kw_only=True, tag_field="type", tag="json_object"):
+    pass
+
+
+class ResponseFormatJsonSchema(Req, kw_only=True, tag_field="type", tag="json_schema"):
+    json_schema: dict[str, Any]
+
+
+ResponseFormat = ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema
+
+
+class PromptCacheOptions(Req, kw_only=True):
+    mode: Literal["implicit", "explicit"] = "implicit"
+    ttl: Literal["30m"] = "30m"
 
 
 class NvExt(Req, kw_only=True):
@@ -67,38 +118,66 @@ class NvExt(Req, kw_only=True):
 
 
 Stop = str | Annotated[list[str], Meta(max_length=4)] | None
+NumChoices = Annotated[int, Meta(ge=1, le=MAX_CHOICES)]
 
 
-class ChatCompletionRequest(Req, kw_only=True):
+class TextRequest(Req, kw_only=True):
+    """Fields chat and completions share."""
+
     model: Annotated[str, Meta(min_length=1)]
+    max_tokens: PositiveInt | None = None
+    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
+    n: NumChoices | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    stop: Stop = None
+    seed: Seed | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
+    user: str | None = None
+    nvext: NvExt | None = None
+
+
+class ChatCompletionRequest(TextRequest, kw_only=True):
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
-    max_tokens: PositiveInt | None = None
     max_completion_tokens: PositiveInt | None = None
-    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
-    n: Annotated[int, Meta(ge=1, le=1)] = 1  # one choice per request; fan out on the client side
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    stop: Stop = None
-    seed: Seed | None = None
-    user: str | None = None
-    nvext: NvExt | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    metadata: Metadata | None = None
+    safety_identifier: Annotated[str, Meta(max_length=128)] | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_options: PromptCacheOptions | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = None
+    store: bool | None = None
+    response_format: ResponseFormat | None = None
+    modalities: list[Literal["text", "audio", "image"]] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    # no diffmesh model supports these yet; decoded loosely so the 400 can name them
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    functions: Any = None
+    function_call: Any = None
+    audio: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+    moderation: Any = None
 
 
-class CompletionRequest(Req, kw_only=True):
-    model: Annotated[str, Meta(min_length=1)]
-    prompt: str | Annotated[list[Annotated[int, Meta(ge=0, le=2**31 - 1)]], Meta(min_length=1)]
-    max_tokens: PositiveInt | None = None
-    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
-    n: Annotated[int, Meta(ge=1, le=1)] = 1
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    stop: Stop = None
-    seed: Seed | None = None
-    echo: bool = False
-    user: str | None = None
-    nvext: NvExt | None = None
+TokenIds = Annotated[list[TokenId], Meta(min_length=1)]
+
+
+class CompletionRequest(TextRequest, kw_only=True):
+    # a string, a list of strings, a list of token ids, or a list of token-id lists (checked by the frontend)
+    prompt: str | Annotated[list[str | TokenId | TokenIds], Meta(min_length=1)]
+    echo: bool | None = False
+    logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
+    best_of: Annotated[int, Meta(ge=1, le=20)] | None = None
+    suffix: str | None = None
 
 
 class CompletionTokensDetails(Resp, kw_only=True):
@@ -117,6 +196,31 @@ class UsageInfo(Resp, kw_only=True):
     completion_tokens_details: CompletionTokensDetails | None = None
 
 
+class TopLogprob(Resp, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(Resp, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = []
+
+
+class ChatLogprobs(Resp, kw_only=True):
+    content: list[TokenLogprob] | None = None
+    refusal: list[TokenLogprob] | None = None
+
+
+class CompletionLogprobs(Resp, kw_only=True):
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top_logprobs: list[dict[str, float] | None] = []
+    text_offset: list[int] = []
+
+
 class AssistantMessage(Resp, kw_only=True):
     role: str = "assistant"
     content: str | None = None
@@ -126,7 +230,7 @@ class ChatChoice(Resp, kw_only=True):
     index: int
     message: AssistantMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(Resp, kw_only=True):
@@ -136,6 +240,7 @@ class ChatCompletion(Resp, kw_only=True):
     model: str
     choices: list[ChatChoice]
     usage: UsageInfo | None = None
+    service_tier: str | UnsetType = UNSET  # sent when the request named one
 
 
 class Delta(Resp, kw_only=True):
@@ -147,7 +252,7 @@ class ChunkChoice(Resp, kw_only=True):
     index: int
     delta: Delta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(Resp, kw_only=True):
@@ -157,13 +262,15 @@ class ChatCompletionChunk(Resp, kw_only=True):
     model: str
     choices: list[ChunkChoice]
     usage: UsageInfo | None = None
+    service_tier: str | UnsetType = UNSET
+    obfuscation: str | UnsetType = UNSET  # stream_options.include_obfuscation
 
 
 class CompletionChoice(Resp, kw_only=True):
     index: int
     text: str
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(Resp, kw_only=True):
@@ -173,189 +280,19 @@ class Completion(Resp, kw_only=True):
     model: str
     choices: list[CompletionChoice]
     usage: UsageInfo | None = None
-
-
-# --- images -----------------------------------------------------------------------------------------
-
-
-StepCacheChoice = bool | Literal["deepcache", "first_block", "teacache"]
-
-
-class ImageNvExt(Req, kw_only=True):
-    negative_prompt: str | None = None
-    num_inference_steps: PositiveInt | None = None
-    guidance_scale: Annotated[float, Meta(ge=0.0, le=100.0)] | None = None
-    seed: Seed | None = None
-    step_cache: StepCacheChoice | None = None  # true = the model's default cache, or name one
-    strength: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None  # edits: how far the input is re-noised
-    worker_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
-
-
-class ImageGenerationRequest(Req, kw_only=True):
-    prompt: Annotated[str, Meta(min_length=1, max_length=32000)]
-    model: str | None = None  # None = the only image model, if exactly one is registered
-    n: Annotated[int, Meta(ge=1, le=10)] = 1
-    size: Annotated[str, Meta(pattern=r"^(auto|[1-9][0-9]{0,4}x[1-9][0-9]{0,4})$")] = "auto"
-    quality: Literal["standard", "hd", "low", "medium", "high", "auto"] = "auto"
-    response_format: Literal["url", "b64_json"] = "b64_json"
-    output_format: Literal["png", "jpeg", "webp"] = "png"
-    output_compression: Annotated[int, Meta(ge=0, le=100)] | None = None
-    background: Literal["transparent", "opaque", "auto"] = "auto"
-    moderation: Literal["low", "auto"] = "auto"
-    style: Literal["vivid", "natural"] | None = None
-    stream: bool = False
-    partial_images: Annotated[int, Meta(ge=0, le=3)] = 0
-    seed: Seed | None = None  # also accepted inside nvext
-    user: str | None = None
-    nvext: ImageNvExt | None = None
-
-
-class ImageEditRequest(Req, kw_only=True):
-    """POST /v1/images/edits form fields (multipart); `image` / `image[]` and `mask` are file parts beside them."""
-
-    prompt: Annotated[str, Meta(min_length=1, max_length=32000)]
-    model: str | None = None
-    n: Annotated[int, Meta(ge=1, le=10)] = 1
-    size: Annotated[str, Meta(pattern=r"^(auto|[1-9][0-9]{0,4}x[1-9][0-9]{0,4})$")] = "auto"
-    quality: Literal["standard", "low", "medium", "high", "auto"] = "auto"
-    response_format: Literal["url", "b64_json"] = "b64_json"
-    output_format: Literal["png", "jpeg", "webp"] = "png"
-    output_compression: Annotated[int, Meta(ge=0, le=100)] | None = None
-    background: Literal["transparent", "opaque", "auto"] = "auto"
-    input_fidelity: Literal["high", "low"] | None = None  # high keeps more of the input (a lower strength)
-    stream: bool = False
-    partial_images: Annotated[int, Meta(ge=0, le=3)] = 0
-    seed: Seed | None = None
-    user: str | None = None
-    nvext: ImageNvExt | None = None
-
-
-class ImageData(Resp, kw_only=True):
-    b64_json: str | None = None
-    url: str | None = None
-    revised_prompt: str | None = None
-
-
-class ImageUsage(Resp, kw_only=True):
-    input_tokens: int = 0
-    output_tokens: int = 0
-    total_tokens: int = 0
-
-
-class ImagesResponse(Resp, kw_only=True):
-    created: int
-    data: list[ImageData]
-    background: str | None = None
-    output_format: str | None = None
-    quality: str | None = None
-    size: str | None = None
-    usage: ImageUsage | None = None
-
-
-class ImagePartialEvent(Resp, kw_only=True, tag_field="type", tag="image_generation.partial_image"):
-    b64_json: str
-    created_at: int
-    partial_image_index: int
-    output_format: str
-    size: str
-    quality: str
-    background: str
-
-
-class ImageCompletedEvent(Resp, kw_only=True, tag_field="type", tag="image_generation.completed"):
-    b64_json: str
-    created_at: int
-    output_format: str
-    size: str
-    quality: str
-    background: str
-    usage: ImageUsage | None = None
-
-
-class ImageEditPartialEvent(ImagePartialEvent, kw_only=True, tag="image_edit.partial_image"):
-    """Same fields as the generation event; `type` says it is an edit."""
-
-
-class ImageEditCompletedEvent(ImageCompletedEvent, kw_only=True, tag="image_edit.completed"):
-    """Same fields as the generation event; `type` says it is an edit."""
-
-
-# --- videos -----------------------------------------------------------------------------------------
-
-
-class VideoNvExt(Req, kw_only=True):
-    num_inference_steps: PositiveInt | None = None
-    guidance_scale: Annotated[float, Meta(ge=0.0, le=100.0)] | None = None
-    negative_prompt: str | None = None
-    step_cache: StepCacheChoice | None = None
-    worker_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
-
-
-class VideoCreateRequest(Req, kw_only=True):
-    """POST /v1/videos (multipart as the openai client sends it, or JSON); num_frames, fps, seed are diffmesh's."""
-
-    prompt: Annotated[str, Meta(min_length=1, max_length=32000)]
-    model: str | None = None
-    seconds: Annotated[str, Meta(pattern=r"^[0-9]{1,3}(\.[0-9]{1,3})?$")] | None = None  # OpenAI sends "4", "8"
-    size: Annotated[str, Meta(pattern=r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}$")] | None = None
-    num_frames: PositiveInt | None = None
-    fps: Annotated[int, Meta(ge=1, le=120)] | None = None
-    seed: Seed | None = None
-    user: str | None = None
-    nvext: VideoNvExt | None = None
-
-
-class VideoError(Resp, kw_only=True):
-    code: str
-    message: str
-    param: str | None = None
-
-
-class Video(Resp, kw_only=True):
-    """OpenAI's Video object, plus num_frames and fps."""
-
-    id: str
-    object: str = "video"
-    status: Literal["queued", "in_progress", "completed", "failed"]
-    progress: int = 0  # percent
-    created_at: int
-    completed_at: int | None = None
-    expires_at: int | None = None
-    error: VideoError | None = None
-    model: str
-    prompt: str | None = None
-    seconds: str
-    size: str
-    remixed_from_video_id: str | None = None
-    num_frames: int = 0
-    fps: int = 0
-
-
-class VideoRecord(msgspec.Struct, kw_only=True):
-    """A video job as frontends share it in the `{ns}_videos` JetStream KV bucket (the owner writes it)."""
-
-    video: Video
-    worker_id: str = ""
-    bus_id: str = ""  # request id on the bus, for Cancel
-    key: str | None = None  # the MP4 in the worker's media store
-    url: str | None = None
-
-
-class VideoDeleted(Resp, kw_only=True):
-    id: str
-    object: str = "video.deleted"
-    deleted: bool = True
-
-
-class VideoList(Resp, kw_only=True):
-    object: str = "list"
-    data: list[Video] = []
-    first_id: str | None = None
-    last_id: str | None = None
-    has_more: bool = False
+    obfuscation: str | UnsetType = UNSET
 
 
 # --- models and errors ------------------------------------------------------------------------------
+
+
+class DiffusionDefaults(Resp, kw_only=True):
+    """A diffusion LM's per-request defaults (each overridable in `nvext`)."""
+
+    steps: int | None = None  # None: one denoising step per generated token
+    block_length: int | None = None
+    threshold: float | None = None  # None: a fixed number of tokens per step
+    remasking: str = "low_confidence"
 
 
 class ModelInfo(Resp, kw_only=True):
@@ -363,8 +300,16 @@ class ModelInfo(Resp, kw_only=True):
     object: str = "model"
     created: int = 0
     owned_by: str = "diffmesh"
+    shutdown_date: str | None = None
     kinds: list[str] = []  # diffmesh: chat, completions, images
     workers: int = 0  # diffmesh: live workers serving it
+    component: str | None = None  # diffmesh: mocker, dllm, image, ...
+    input_modalities: list[str] = []
+    output_modalities: list[str] = []
+    context_length: int | None = None  # tokens (prompt + completion); None for models without a token context
+    features: list[str] = []  # optional request features (protocol.events.KNOWN_FEATURES)
+    diffusion: DiffusionDefaults | None = None  # diffusion LMs only
+    defaults: dict[str, float | int | str | bool] = {}  # the model card's request defaults
 
 
 class ModelList(Resp, kw_only=True):
@@ -383,25 +328,6 @@ class ErrorEnvelope(msgspec.Struct, kw_only=True):
     error: ErrorBody
 
 
-REQUEST_TYPES = {
-    "/v1/chat/completions": ChatCompletionRequest,
-    "/v1/completions": CompletionRequest,
-    "/v1/images/generations": ImageGenerationRequest,
-    "/v1/images/edits": ImageEditRequest,
-    "/v1/videos": VideoCreateRequest,
-}
-RESPONSE_TYPES = {
-    "/v1/chat/completions": ChatCompletion,
-    "/v1/completions": Completion,
-    "/v1/images/generations": ImagesResponse,
-    "/v1/images/edits": ImagesResponse,
-    "/v1/videos": Video,
-    "/v1/models": ModelList,
-}
-
 json_encoder = msgspec.json.Encoder()
 chat_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 completion_decoder = msgspec.json.Decoder(CompletionRequest)
-image_decoder = msgspec.json.Decoder(ImageGenerationRequest)
-video_decoder = msgspec.json.Decoder(VideoCreateRequest)
-video_record_decoder = msgspec.json.Decoder(VideoRecord)

@@ -6,11 +6,15 @@ Token ids travel as int32 little-endian bytes (see protocol.kv.tokens_from_bytes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
+import numpy as np
 
-from protocol.kv import MmObject
+from protocol.kv import TOKEN_DTYPE, MmObject
+
+LOGPROB_DTYPE = np.dtype("<f4")  # log-probabilities on the bus: float32 little-endian bytes
 
 
 class BusMsg(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"):
@@ -25,6 +29,8 @@ class SamplingOptions(msgspec.Struct, frozen=True, kw_only=True):
     stop: list[str] = []  # stop strings; the matched string is not returned
     stop_token_ids: list[int] = []
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k >= 0: each token's log-probability and its k most likely alternatives
+    logit_bias: dict[int, float] = {}  # token id -> added to its logit before sampling (feature "logit_bias")
 
 
 class DiffusionOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,6 +117,33 @@ class Usage(msgspec.Struct, kw_only=True):
     frames: int = 0  # video frames produced
 
 
+class TokenLogprobs(msgspec.Struct, frozen=True, kw_only=True):
+    """Log-probabilities of the tokens a Chunk or Final carries, aligned with its `token_ids`."""
+
+    logprobs: bytes = b""  # float32 LE, one per token: the log-probability of the token that was produced
+    num_top: int = 0  # alternatives per token
+    top_ids: bytes = b""  # int32 LE, num_top per token, most likely first
+    top_logprobs: bytes = b""  # float32 LE, aligned with top_ids
+
+
+def pack_logprobs(logprobs: Sequence[float], top_ids: Sequence[Sequence[int]] = (),
+                  top_logprobs: Sequence[Sequence[float]] = (), num_top: int = 0) -> TokenLogprobs:
+    """`top_ids`/`top_logprobs` hold `num_top` entries per token (ignored when num_top is 0)."""
+    if not num_top:
+        return TokenLogprobs(logprobs=np.asarray(logprobs, dtype=LOGPROB_DTYPE).tobytes())
+    return TokenLogprobs(logprobs=np.asarray(logprobs, dtype=LOGPROB_DTYPE).tobytes(), num_top=num_top,
+                         top_ids=np.asarray(top_ids, dtype=TOKEN_DTYPE).tobytes(),
+                         top_logprobs=np.asarray(top_logprobs, dtype=LOGPROB_DTYPE).tobytes())
+
+
+def unpack_logprobs(packed: TokenLogprobs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logprobs [n], top_ids [n, num_top], top_logprobs [n, num_top])."""
+    logprobs = np.frombuffer(packed.logprobs, dtype=LOGPROB_DTYPE)
+    shape = (len(logprobs), packed.num_top)
+    top_ids = np.frombuffer(packed.top_ids, dtype=TOKEN_DTYPE).reshape(shape)
+    return logprobs, top_ids, np.frombuffer(packed.top_logprobs, dtype=LOGPROB_DTYPE).reshape(shape)
+
+
 class Ack(BusMsg, kw_only=True, tag="ack"):
     """The worker accepted the request; `queued` tells whether it waits for a slot."""
 
@@ -129,6 +162,7 @@ class Chunk(BusMsg, kw_only=True, tag="chunk"):
     token_ids: bytes = b""  # int32 LE, the tokens behind `text` (may run ahead of text at a cut UTF-8 char)
     forward_passes: int = 0  # cumulative, so a client can see progress per forward
     pieces: list[str] = []  # optional split of `text` into stream events (tokens coalesced into one bus message)
+    logprobs: TokenLogprobs | None = None  # when the request asked for them, aligned with token_ids
 
 
 class ImageOutput(BusMsg, kw_only=True, tag="image_output"):
@@ -181,6 +215,7 @@ class Final(BusMsg, kw_only=True, tag="final"):
     seq: int
     text: str = ""
     token_ids: bytes = b""
+    logprobs: TokenLogprobs | None = None  # when the request asked for them, aligned with token_ids
     finish_reason: Literal["stop", "length", "cancelled", "error"] | None = "stop"
     usage: Usage = msgspec.field(default_factory=Usage)
     worker_id: str = ""

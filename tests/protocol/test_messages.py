@@ -13,7 +13,8 @@ from protocol.control import Cancel, control_decoder, control_encoder
 from protocol.errors import ERRORS_BY_CODE, InvalidRequest, Overloaded, error_from_code
 from protocol.events import Heartbeat, KvEvent, KvEventBatch, KvStored, LoadReport, StoredBlock, WorkerCard, event_decoder, event_encoder
 from protocol.kv import tokens_from_bytes, tokens_to_bytes
-from protocol.openai import chat_decoder, image_decoder
+from protocol.openai import chat_decoder
+from protocol.openai_images import image_decoder
 from protocol.work import Chunk, Error, Final, GenerateRequest, SamplingOptions, Usage, reply_decoder, work_decoder, work_encoder
 
 
@@ -60,7 +61,7 @@ def test_errors_rebuild_from_their_code_with_fields():
     (image_decoder, b'{"prompt": "p", "size": "12"}', "$.size"),
     (image_decoder, b'{"prompt": "p", "n": 0}', "$.n"),
     (image_decoder, b'{"prompt": "p", "n": 11}', "$.n"),
-    (image_decoder, b'{"prompt": "p", "output_format": "gif"}', "$.output_format"),
+    (image_decoder, b'{"prompt": "p", "output_format": "bmp"}', "$.output_format"),
     (image_decoder, b'{"prompt": ""}', "$.prompt"),
 ])
 def test_validation_errors_name_the_field_path(decoder, body, path):

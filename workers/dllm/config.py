@@ -93,6 +93,8 @@ class RequestParams:
     stop: tuple[str, ...]
     stop_token_ids: tuple[int, ...]
     ignore_eos: bool
+    logprobs: int | None = None  # None: none; k: each committed token's log-probability and k alternatives
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,8 @@ def resolve_params(
         stop=tuple(sampling.stop),
         stop_token_ids=tuple(sampling.stop_token_ids),
         ignore_eos=sampling.ignore_eos,
+        logprobs=sampling.logprobs,
+        logit_bias=tuple(sorted(sampling.logit_bias.items())),
     )
 
 

@@ -111,6 +111,8 @@ class DllmEngine:
         prompt_ids = [int(t) for t in prompt_ids]
         if any(t < 0 or t >= self.vocab_size for t in prompt_ids):
             raise InvalidRequest(f"prompt token ids must be in [0, {self.vocab_size})", param="$.prompt")
+        if any(t < 0 or t >= self.vocab_size for t in sampling.logit_bias):
+            raise InvalidRequest(f"logit_bias token ids must be in [0, {self.vocab_size})", param="$.logit_bias")
         params = resolve_params(sampling, diffusion, len(prompt_ids), self.limits)
         seed = params.seed if params.seed is not None else next(self._seeds)
         generator = torch.Generator(device=self.denoiser.device).manual_seed(seed)

@@ -31,6 +31,9 @@ class StepOutput:
     finish_reason: str | None = None  # stop | length | cancelled | error
     usage: Usage | None = None
     error: BaseException | None = None
+    logprobs: list[float] = field(default_factory=list)  # per token_ids entry, when the request asked for them
+    top_ids: list[list[int]] = field(default_factory=list)
+    top_logprobs: list[list[float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,8 @@ class Sequence:
         self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(special.eos_ids))
         self.suppress_ids = _suppressed(special, params.ignore_eos, self.tokens.device)
         self.finish_reason: str | None = None
+        self.commits = CommitLogprobs(length, params.logprobs) if params.logprobs is not None else None
+        self._bias: torch.Tensor | None = None  # dense logit_bias over the vocabulary, built on first use
 
     # --- what to run -------------------------------------------------------------------------------
 
@@ -152,7 +157,8 @@ class Sequence:
         masked_idx = self.masked[start:end].nonzero().squeeze(-1)
         if masked_idx.numel() == 0:  # nothing left to denoise; the forward-pass cap ends such a sequence
             return StepTrace(self.block_index, self.step_in_block, [], [], [], -math.inf)
-        logits = suppress(block_logits[masked_idx.to(block_logits.device)].clone(), self.suppress_ids.to(block_logits.device))
+        logits = self._biased(block_logits[masked_idx.to(block_logits.device)].clone())
+        logits = suppress(logits, self.suppress_ids.to(block_logits.device))
         rule = StepRule(
             num_transfer=self.schedule[min(self.step_in_block, len(self.schedule) - 1)],
             threshold=self.params.threshold,
@@ -162,12 +168,23 @@ class Sequence:
         )
         result = denoise_step(logits, rule, self.generator)
         trace = self._commit(start, masked_idx, result)
+        if self.commits is not None:
+            self.commits.record(torch.tensor(trace.positions, dtype=torch.long), logits[result.positions], result.tokens)
         self.step_in_block += 1
         if not bool(self.masked[start:end].any()) and self.block_index + 1 < len(self.blocks):
             self.block_index += 1
             self.step_in_block = 0
             self.schedule = self._schedule(self.block_index)
         return trace
+
+    def _biased(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.params.logit_bias:
+            return logits
+        if self._bias is None:
+            self._bias = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+            ids, values = zip(*self.params.logit_bias)
+            self._bias[list(ids)] = torch.tensor(values, dtype=logits.dtype, device=logits.device)
+        return logits + self._bias
 
     def _commit(self, start: int, masked_idx: torch.Tensor, result: StepResult) -> StepTrace:
         positions = start + masked_idx[result.positions.cpu()]
@@ -192,6 +209,7 @@ class Sequence:
 
     def collect(self) -> StepOutput:
         """Newly committed contiguous tokens as text; decides stop (EOS/EOT, stop ids/strings) and length."""
+        first = self.emitted_upto
         new_ids = self._new_contiguous()
         text = self.stream.push(new_ids) if new_ids else ""
         if self.stream.stopped:
@@ -200,7 +218,10 @@ class Sequence:
             self.finish_reason = "length"  # the forward-pass cap: never loop forever on an untrained model
         if self.finish_reason is not None and not self.stream.stopped:
             text += self.stream.flush()
-        return self.output(text, new_ids)
+        out = self.output(text, new_ids)
+        if self.commits is not None and new_ids:
+            out.logprobs, out.top_ids, out.top_logprobs = self.commits.span(first, first + len(new_ids))
+        return out
 
     def _new_contiguous(self) -> list[int]:
         still_masked = self.masked[self.emitted_upto :].nonzero()
@@ -236,6 +257,32 @@ class Sequence:
             cached_tokens=self.cached_tokens,
             forward_passes=self.forward_passes,
         )
+
+
+class CommitLogprobs:
+    """Per canvas position: the log-probability its token had at the step it was unmasked, and the top-k then.
+
+    The distribution is the model's at that step over the still-masked position: after CFG and logit_bias, with
+    mask/pad (and EOS under ignore_eos) suppressed, before temperature and top_p.
+    """
+
+    def __init__(self, length: int, num_top: int):
+        self.num_top = num_top
+        self.logprob = torch.zeros(length, dtype=torch.float64)
+        self.top_ids = torch.zeros((length, num_top), dtype=torch.long)
+        self.top_logprobs = torch.zeros((length, num_top), dtype=torch.float64)
+
+    def record(self, positions: torch.Tensor, logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        """`logits` [k, vocab] of the positions committed this step, `tokens` [k] what they got."""
+        log_probs = torch.log_softmax(logits.double(), dim=-1).cpu()
+        self.logprob[positions] = log_probs.gather(-1, tokens.cpu()[:, None]).squeeze(-1)
+        if self.num_top:
+            top = torch.topk(log_probs, min(self.num_top, log_probs.shape[-1]), dim=-1)
+            self.top_ids[positions, : top.indices.shape[-1]] = top.indices
+            self.top_logprobs[positions, : top.values.shape[-1]] = top.values
+
+    def span(self, start: int, end: int) -> tuple[list[float], list[list[int]], list[list[float]]]:
+        return self.logprob[start:end].tolist(), self.top_ids[start:end].tolist(), self.top_logprobs[start:end].tolist()
 
 
 def _block_spans(prompt_len: int, length: int, block_length: int, attention: str) -> list[tuple[int, int]]:

@@ -16,6 +16,7 @@ from protocol.work import Chunk, Final, GenerateRequest, WorkRequest
 from workers.contract import KvEventSink, RequestContext
 from shell.config import MODEL_CACHE_DIR, from_env
 from workers.dllm.config import DllmConfig
+from workers.logprobs import LogprobBuffer
 
 DEFAULT_MODEL_NAME = "tiny-dllm"  # served name of the tiny default model `diffmesh up` builds
 ENV_PREFIX = "DIFFMESH_DLLM_"
@@ -53,12 +54,13 @@ class DllmWorker:
             bos_token=tokenizer.bos_token,
             eos_token=tokenizer.eos_token,
             defaults=self._defaults(),
+            features=["logprobs", "logit_bias"],
             created=int(time.time()),
         )
 
     def _defaults(self) -> dict[str, float | int | str | bool]:
         config = self.engine.config
-        defaults: dict[str, float | int | str | bool] = {"block_length": self.engine.block_size}
+        defaults: dict[str, float | int | str | bool] = {"block_length": self.engine.block_size, "remasking": "low_confidence"}
         if config.default_steps is not None:
             defaults["steps"] = config.default_steps
         if config.default_threshold is not None:
@@ -95,11 +97,15 @@ class DllmWorker:
         prompt = tokens_from_bytes(request.token_ids).tolist()
         held_text: list[str] = []
         held_ids: list[int] = []  # tokens behind text not yet sent
+        logprobs = LogprobBuffer(request.sampling.logprobs or 0) if request.sampling.logprobs is not None else None
         outputs = self.engine.generate_async(
             request.request_id, prompt, request.sampling, request.diffusion, is_cancelled=lambda: _gone(ctx)
         )
         async for out in outputs:
             held_ids.extend(out.token_ids)
+            if logprobs is not None:
+                for entry in zip(out.logprobs, out.top_ids, out.top_logprobs):
+                    logprobs.add(*entry)
             if out.error is not None:
                 raise EngineError(f"{type(out.error).__name__}: {out.error}")
             if out.finished:
@@ -108,6 +114,7 @@ class DllmWorker:
                     seq=0,
                     text="".join(held_text) + out.text,
                     token_ids=tokens_to_bytes(held_ids),
+                    logprobs=logprobs.take() if logprobs is not None else None,
                     finish_reason=out.finish_reason,
                     usage=out.usage,
                 )
@@ -121,6 +128,7 @@ class DllmWorker:
                     text=out.text,
                     token_ids=tokens_to_bytes(held_ids),
                     forward_passes=out.forward_passes,
+                    logprobs=logprobs.take() if logprobs is not None else None,
                 )
                 held_ids = []
             else:

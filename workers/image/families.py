@@ -17,7 +17,7 @@ FLUX_COEFFICIENTS = (4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e0
 WAN_T2V_1_3B_COEFFICIENTS = (2.39676752e03, -1.31110545e03, 2.01331979e02, -8.29855975e00, 1.37887774e-01)
 
 STEP_CACHES = ("deepcache", "first_block", "teacache")  # UNet adaptive DeepCache; DiT First Block Cache, TeaCache
-QUALITY_STEP_FACTORS = {"auto": 1.0, "standard": 1.0, "medium": 1.0, "low": 0.5, "high": 1.5, "hd": 1.5}
+QUALITY_STEP_FACTORS = {"auto": 1.0, "standard": 1.0, "medium": 1.0, "low": 0.5, "high": 1.5, "hd": 1.5, "xhigh": 2.0, "max": 2.5}
 MODEL_OVERRIDES_FILE = "diffmesh.json"
 
 

@@ -6,7 +6,6 @@ Pure (no NATS, no asyncio): the worker shell and the replay simulator both drive
 from __future__ import annotations
 
 import math
-import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import xxhash
 
 from protocol.events import KvEventData
 from protocol.kv import extend_chain, local_block_hashes
+from workers.mocker.distribution import TokenDistribution
 from workers.mocker.kvcache import BlockCache
 
 
@@ -58,7 +58,9 @@ class MockSequence:
     seq_hashes: list[int]  # chained hashes of the prompt's full blocks
     local_hashes: list[int]
     max_tokens: int
-    token_seed: int = 0  # generated tokens are a pure function of (token_seed, index)
+    token_seed: int = 0  # generated tokens are a pure function of (token_seed, index, temperature, top_p)
+    temperature: float = 0.0  # workers/mocker/distribution.py: 0 takes the top rank
+    top_p: float = 1.0
     prompt_tokens: np.ndarray | None = None  # kept to cache the blocks it generates; None in replay
     generated: list[int] = field(default_factory=list)
     cached_tokens: int = 0
@@ -74,15 +76,12 @@ class StepResult:
     finished: list[str]
 
 
-_pack2 = struct.Struct("<QQ").pack
-
-
 class MockerScheduler:
     """vLLM-shaped scheduler: admit waiting prompts (prefill) and decode one token per running sequence per step."""
 
     def __init__(self, config: MockerConfig, alphabet: Sequence[int] = (1,), on_event: Callable[[KvEventData], None] | None = None):
         self.config = config
-        self.alphabet = tuple(alphabet)
+        self.distribution = TokenDistribution(alphabet)
         self.cache = BlockCache(config.num_blocks, on_event)
         self.waiting: deque[MockSequence] = deque()
         self.running: dict[str, MockSequence] = {}
@@ -203,8 +202,7 @@ class MockerScheduler:
         return chunk
 
     def _next_token(self, seq: MockSequence) -> int:
-        index = xxhash.xxh3_64_intdigest(_pack2(seq.token_seed, len(seq.generated))) % len(self.alphabet)
-        token = self.alphabet[index]
+        token = self.distribution.sample(seq.token_seed, len(seq.generated), seq.temperature, seq.top_p)
         seq.generated.append(token)
         return token
 

@@ -11,7 +11,8 @@ BOS, EOS, IMAGE = "<|bos|>", "<|eos|>", "<|image|>"
 VOCAB_SIZE = 800
 
 CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n{% endfor %}"
+    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>"
+    "{{ ' ' ~ message['name'] if message['name'] is defined else '' }}\n{{ message['content'] }}<|end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 

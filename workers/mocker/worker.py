@@ -14,6 +14,7 @@ from protocol.work import Chunk, Final, GenerateRequest, Usage
 from workers.mocker.engine import MockerConfig, MockerScheduler, MockSequence, simulated_seconds, token_seed
 from workers.mocker.tokenizer import BOS, CHAT_TEMPLATE, EOS, build_tokenizer, word_token_ids
 from workers.runtime import KvEventSink, RequestContext
+from workers.logprobs import LogprobBuffer
 from workers.textstream import TextStream
 
 _END = object()
@@ -46,7 +47,7 @@ class MockerEngine:
     def model_card(self) -> ModelCard:
         return ModelCard(name=self.model, component=self.component, kinds=["chat", "completions"], block_size=self.config.block_size,
                          context_length=self.config.context_length, chat_template=CHAT_TEMPLATE, bos_token=BOS, eos_token=EOS,
-                         defaults={"max_tokens": self.default_max_tokens}, created=int(time.time()))
+                         defaults={"max_tokens": self.default_max_tokens}, features=["logprobs"], created=int(time.time()))
 
     def model_files(self) -> dict[str, bytes]:
         return {"tokenizer.json": self.tokenizer.to_str().encode()}
@@ -110,7 +111,8 @@ class MockerEngine:
                                  f"{self.config.context_length}", param="$.max_tokens")
         local, chained = sequence_block_hashes(prompt, self.config.block_size, request.mm_objects)
         return MockSequence(request.request_id, len(prompt), chained, local, max_tokens,
-                            token_seed(request.token_ids, request.sampling.seed), prompt_tokens=prompt)
+                            token_seed(request.token_ids, request.sampling.seed), temperature=request.sampling.temperature,
+                            top_p=request.sampling.top_p, prompt_tokens=prompt)
 
     async def generate(self, request: GenerateRequest, ctx: RequestContext):
         seq = self._sequence(request)
@@ -120,6 +122,7 @@ class MockerEngine:
         self.scheduler.add(seq)
         self._wake.set()
         stream = TextStream(self.tokenizer.decode, request.sampling.stop)
+        logprobs = _Logprobs(self.scheduler.distribution, seq.token_seed, request.sampling.logprobs)
         finish_reason = "length"
         held: list[str] = []  # non-streaming requests get everything in the Final
         try:
@@ -130,13 +133,15 @@ class MockerEngine:
                 ids = [i for i in items if isinstance(i, int)]
                 # streams get one piece per token (one SSE event each); a whole answer is decoded in one go
                 pieces = [p for p in (stream.push([i]) for i in ids) if p] if request.stream else [stream.push(ids)]
+                logprobs.add(ids)
                 if _CANCEL in items:
                     finish_reason = "cancelled"
                 elif stream.stopped:
                     finish_reason = "stop"
                 if pieces and request.stream:
-                    yield Chunk(request_id=request.request_id, seq=0, text="".join(pieces), token_ids=tokens_to_bytes(ids),
-                                pieces=pieces if len(pieces) > 1 else [])
+                    yield Chunk(request_id=request.request_id, seq=0, text="".join(pieces), token_ids=tokens_to_bytes(logprobs.ids),
+                                pieces=pieces if len(pieces) > 1 else [], logprobs=logprobs.take())
+                    logprobs.ids = []
                 elif pieces:
                     held.extend(pieces)
                 if _END in items:
@@ -146,7 +151,27 @@ class MockerEngine:
             self.scheduler.cancel(request.request_id)
         usage = Usage(prompt_tokens=seq.prompt_len, completion_tokens=len(stream.ids), cached_tokens=seq.cached_tokens)
         yield Final(request_id=request.request_id, seq=0, text="".join(held) + stream.flush(), finish_reason=finish_reason,
-                    usage=usage)
+                    token_ids=tokens_to_bytes(logprobs.ids), logprobs=logprobs.take(), usage=usage)
+
+
+class _Logprobs:
+    """Token ids not yet sent and, when the request asked, their logprobs under the mocker's distribution."""
+
+    def __init__(self, distribution, token_seed: int, num_top: int | None):
+        self.distribution, self.token_seed, self.num_top = distribution, token_seed, num_top
+        self.ids: list[int] = []
+        self.index = 0  # position of the next generated token
+        self.buffer = LogprobBuffer(num_top or 0)
+
+    def add(self, ids: list[int]) -> None:
+        self.ids.extend(ids)
+        if self.num_top is not None:
+            for token in ids:
+                self.buffer.add(*self.distribution.logprobs(self.token_seed, self.index, token, self.num_top))
+                self.index += 1
+
+    def take(self):
+        return self.buffer.take() if self.num_top is not None else None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

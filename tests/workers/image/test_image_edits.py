@@ -125,12 +125,14 @@ async def test_edit_without_multipart_or_without_image_is_a_400(image_mesh):
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{mesh.url}/v1/images/edits", json={"prompt": "x"}) as response:
             assert response.status == 400 and (await response.json())["error"]["param"] == "$"
-        form = aiohttp.FormData()
-        form.add_field("prompt", "x")
-        form.add_field("model", "tiny-sd")
-        form.add_field("other", b"", filename="x.bin")  # a file part, but not an image field
-        async with session.post(f"{mesh.url}/v1/images/edits", data=form) as response:
-            assert response.status == 400 and (await response.json())["error"]["param"] == "$.image"
+        for extra, param in ((("other", b"", "x.bin"), "$.other"), (None, "$.image"), (("colour", "red", None), "$.colour")):
+            form = aiohttp.FormData(default_to_multipart=True)
+            form.add_field("prompt", "x")
+            form.add_field("model", "tiny-sd")
+            if extra is not None:  # an unknown file part, nothing, an unknown field
+                form.add_field(extra[0], extra[1], filename=extra[2]) if extra[2] else form.add_field(extra[0], extra[1])
+            async with session.post(f"{mesh.url}/v1/images/edits", data=form) as response:
+                assert response.status == 400 and (await response.json())["error"]["param"] == param
 
 
 async def test_strength_on_generations_is_a_400(image_mesh):
