@@ -61,11 +61,12 @@ def dataset(num: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
     return prompts, np.stack(images)
 
 
-def colour_share(image: Image.Image, colour: str, region: np.ndarray, tolerance: float = 60.0) -> float:
-    """Fraction of the pixels in `region` (bool [H, W]) within `tolerance` (RGB distance) of the named colour."""
+def colour_share(image: Image.Image, colour: str, region: np.ndarray) -> float:
+    """Fraction of the pixels in `region` (bool [H, W]) whose nearest palette colour (RGB distance) is `colour`."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32)[region]
-    distance = np.linalg.norm(pixels - np.array(COLOURS[colour], dtype=np.float32), axis=-1)
-    return float((distance < tolerance).mean())
+    palette = np.array(list(COLOURS.values()), dtype=np.float32)
+    nearest = np.linalg.norm(pixels[:, None, :] - palette[None], axis=-1).argmin(axis=1)
+    return float((nearest == list(COLOURS).index(colour)).mean())
 
 
 def centre_disk(radius: float, size: int = SIZE) -> np.ndarray:

@@ -5,8 +5,8 @@
 
 Deterministic (fixed seeds, one torch thread). Three stages on the synthetic data of shapes.py ("a red circle on
 blue", 64x64): (1) an AutoencoderKL (VAE factor 4: 16x16x4 latents, trained on 32x32 crops) as a plain autoencoder with a tiny KL term;
-(2) its latents' scale; (3) the UNet and a one-layer CLIP text encoder together on the standard epsilon objective,
-with 10% empty prompts so classifier-free guidance works. The tokenizer is WordPiece over the prompts' words (one
+(2) its latents' scale; (3) the UNet (cross-attention plus the pooled prompt added to the time embedding) and a one-layer
+CLIP text encoder together on the v-prediction objective, with 10% empty prompts so classifier-free guidance works. The tokenizer is WordPiece over the prompts' words (one
 token per word). The result is an ordinary diffusers directory that loads with from_pretrained.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from workers.image import shapes
 from workers.image.tiny import DEMO_MODEL_DIR
 MAX_TOKENS = 8
-VAE_STEPS, UNET_STEPS, BATCH = 1200, 1500, 16
+VAE_STEPS, UNET_STEPS, BATCH = 1200, 2000, 16
 VAE_CROP = 32  # the autoencoder trains on random 32x32 crops (4x cheaper; it is fully convolutional)
 DEFAULTS = {"default_size": [64, 64], "default_steps": 20, "default_guidance": 4.0, "step_cache_threshold": 0.15,
             "demo": "shapes"}
@@ -48,6 +48,7 @@ def build_components(tokenizer):
         sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 48), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32, norm_num_groups=8, attention_head_dim=8,
+        addition_embed_type="text", addition_embed_type_num_heads=4,  # pooled prompt -> every block (the colours)
     )  # fmt: skip
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=1,
@@ -55,7 +56,7 @@ def build_components(tokenizer):
         pad_token_id=tokenizer.pad_token_id, projection_dim=32,
     ))
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+                              set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction")
     return vae, unet, text_encoder, scheduler
 
 
@@ -103,7 +104,8 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents, prompts, steps
         t = torch.randint(0, scheduler.config.num_train_timesteps, (BATCH,), generator=rng)
         noisy = scheduler.add_noise(latents[index], noise, t)
         states = text_encoder(tokens)[0]
-        loss = torch.nn.functional.mse_loss(unet(noisy, t, encoder_hidden_states=states).sample, noise)
+        target = scheduler.get_velocity(latents[index], noise, t)  # v-prediction: learns the colours far sooner
+        loss = torch.nn.functional.mse_loss(unet(noisy, t, encoder_hidden_states=states).sample, target)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -113,7 +115,8 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents, prompts, steps
             print(f"unet step {step:5d}  loss {loss.item():.5f}", flush=True)
 
 
-def train(out_dir: Path, vae_steps: int = VAE_STEPS, unet_steps: int = UNET_STEPS, log_every: int = 100) -> Path:
+def train(out_dir: Path, vae_steps: int = VAE_STEPS, unet_steps: int = UNET_STEPS, log_every: int = 100,
+          reuse_vae: Path | None = None) -> Path:
     import torch
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -127,7 +130,12 @@ def train(out_dir: Path, vae_steps: int = VAE_STEPS, unet_steps: int = UNET_STEP
     vae, unet, text_encoder, scheduler = build_components(tokenizer)
     prompts, images = shapes.dataset(2048)
     images = torch.from_numpy(images)
-    train_vae(vae, images, vae_steps, log_every)
+    if reuse_vae is not None:  # stage 1 is deterministic: the VAE an earlier run of this script wrote
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(reuse_vae, subfolder="vae", dtype=torch.float32)
+    else:
+        train_vae(vae, images, vae_steps, log_every)
     latents = encode_all(vae, images)
     vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     train_unet(unet, text_encoder, tokenizer, scheduler, latents * vae.config.scaling_factor, prompts, unet_steps, log_every)
@@ -154,7 +162,7 @@ def score(model_dir: Path, prompts: list[tuple[str, str, str]], seeds=range(4)) 
     import torch
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(model_dir)
+    pipe = DiffusionPipeline.from_pretrained(model_dir, dtype=torch.float32)  # stored fp16, run fp32 like the worker
     pipe.set_progress_bar_config(disable=True)
     shares = []
     for prompt, fg, bg in prompts:
@@ -171,8 +179,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=DEMO_MODEL_DIR)
     parser.add_argument("--vae-steps", type=int, default=VAE_STEPS)
     parser.add_argument("--unet-steps", type=int, default=UNET_STEPS)
+    parser.add_argument("--reuse-vae", type=Path, help="skip stage 1: load the VAE of an earlier run's output directory")
     args = parser.parse_args(argv)
-    out = train(args.out, args.vae_steps, args.unet_steps)
+    out = train(args.out, args.vae_steps, args.unet_steps, reuse_vae=args.reuse_vae)
     probes = [("a red circle on blue", "red", "blue"), ("a yellow square on black", "yellow", "black"),
               ("a white triangle on green", "white", "green")]
     print(f"colour score {score(out, probes):.2f} (share of pixels in the named colours)")
