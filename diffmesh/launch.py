@@ -145,7 +145,7 @@ def _examples(url: str, models: list[dict]) -> str:
     if chat:
         lines.append(f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
                      f"    -d '{{\"model\": \"{chat}\", \"messages\": [{{\"role\": \"user\", \"content\": "
-                     f"\"my name is zoe. what is my name?\"}}]}}'\n")
+                     f"\"i have a pink dog. what color is my dog?\"}}]}}'\n")
     if image:
         lines.append(f"  curl {url}/v1/images/generations -H 'Content-Type: application/json' \\\n"
                      f"    -d '{{\"model\": \"{image}\", \"prompt\": \"a red circle on blue\", \"response_format\": \"url\"}}'\n")

@@ -59,9 +59,9 @@ def test_up_serves_mocker_dllm_and_image_then_stops_cleanly_on_ctrl_c(tmp_path):
         assert models == {"mocker", "tiny-dllm", "tiny-sd"}
         chat = client.chat.completions.create(model="mocker", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
         assert chat.usage.completion_tokens > 0
-        question = [{"role": "user", "content": "my name is zoe. what is my name?"}]  # held out of the demo's training
+        question = [{"role": "user", "content": "i have a pink dog. what color is my dog?"}]  # held out of the demo's training
         chat = client.chat.completions.create(model="tiny-dllm", messages=question, max_tokens=32)
-        assert chat.choices[0].message.content.replace(" .", ".") == "your name is zoe."
+        assert chat.choices[0].message.content.replace(" .", ".") == "your dog is pink."
         image = client.images.generate(model="tiny-sd", prompt="a red circle on blue", size="64x64", extra_body={"seed": 1})
         picture = Image.open(io.BytesIO(base64.b64decode(image.data[0].b64_json)))
         assert picture.size == (64, 64) and shapes.colour_share(picture, "red", shapes.centre_disk(9)) >= 0.6

@@ -74,7 +74,7 @@ async def test_openai_chat_answers_a_held_out_prompt(mesh):
     await mesh.wait_models("tiny-dllm", 1)
     client = openai.AsyncOpenAI(base_url=f"{mesh.url}/v1", api_key="unused", max_retries=0)
     chat = await client.chat.completions.create(model="tiny-dllm", max_tokens=32,
-                                                messages=[{"role": "user", "content": "my name is zoe. what is my name?"}])
+                                                messages=[{"role": "user", "content": "i have a pink dog. what color is my dog?"}])
     await client.close()
-    assert normalise(chat.choices[0].message.content) == normalise("your name is zoe.")
+    assert normalise(chat.choices[0].message.content) == normalise("your dog is pink.")
     assert chat.choices[0].finish_reason == "stop"
