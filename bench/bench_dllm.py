@@ -56,7 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short run: fewer tokens and repeats")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.add_argument("--sections", default="random:64,random:512,copy:64", help="model:prompt_tokens, comma-separated")
+    parser.add_argument("--sections", default="random:64,random:512,copy:64",
+                        help="model:prompt_tokens, comma-separated ('' = only the demo model's table)")
     parser.add_argument("--gen-length", type=int, default=256)
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--threshold", type=float, default=0.9)
@@ -212,13 +213,14 @@ def main(argv=None) -> int:
     sections = [(model, int(n)) for model, n in (part.split(":") for part in args.sections.split(",") if part.strip())]
     engines = {model: build_engines(args, model, cache_dir) for model in dict.fromkeys(m for m, _ in sections)}
     rows = [row for model, n in sections for row in throughput_rows(args, model, engines[model], n)]
-    first_token = ttft(args, engines.get("random") or next(iter(engines.values())))
+    first_token = ttft(args, engines.get("random") or next(iter(engines.values()))) if engines else None
     demo = demo_rows(args) if args.demo else []
     if args.json:
         print(json.dumps({"config": vars(args), "variants": [asdict(r) for r in rows], "ttft": first_token,
                           "demo": demo}, indent=2))
     else:
-        print_tables(args, rows, first_token)
+        if first_token is not None:
+            print_tables(args, rows, first_token)
         if demo:
             print_demo(demo)
     return 0
