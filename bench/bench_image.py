@@ -24,7 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,24 +33,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.tables import Row, print_table  # noqa: E402
 from protocol.work import ImageOutput, ImageRequest  # noqa: E402
 from workers.image.engine import EngineConfig, ImageEngine  # noqa: E402
 from workers.image.storage import StorageConfig  # noqa: E402
 from workers.image.tiny import DEMO_MODEL_DIR, ensure_tiny_image  # noqa: E402
 
 NUM_CONCURRENT = 8
-
-
-@dataclass
-class Row:
-    scenario: str
-    model: str
-    baseline: str
-    variant: str
-    speedup: float
-    quality: str
-    target: str
-    meets_target: bool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -154,18 +143,6 @@ def report(rows: list[Row], header: str, as_json: bool) -> None:
         print(json.dumps({"header": header, "rows": [asdict(r) for r in rows]}, indent=2))
     else:
         print_table(rows, header)
-
-
-def print_table(rows: list[Row], header: str) -> None:
-    print(header)
-    columns = ["scenario", "model", "baseline", "variant", "speedup", "quality", "target", "met"]
-    table = [[r.scenario, r.model, r.baseline, r.variant, f"{r.speedup:.2f}x", r.quality, r.target,
-              "yes" if r.meets_target else "no"] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(columns)]
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in table:
-        print("| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |")
 
 
 async def main_async(args) -> list[Row]:

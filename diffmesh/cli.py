@@ -10,7 +10,10 @@ from diffmesh import launch
 from diffmesh.launch import available_kinds
 from shell import logs
 from shell.config import ConfigError
-from shell.flags import add_frontend_flags, add_nats_flags, add_worker_flags, frontend_config, runtime_config
+from shell.flags import (
+    add_drain_flag, add_frontend_flags, add_nats_flags, add_restart_flags, add_worker_flags, frontend_config, runtime_config,
+)
+from shell.process import EXIT_STARTUP, StartupError, watch_parent_from_env
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,12 +27,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_frontend_flags(up)
     up.add_argument("--nats-port", type=int, default=4222, help="embedded NATS port (a free one if taken)")
     up.add_argument("--mocker", type=int, default=1, help="mocker workers to start")
-    up.add_argument("--dllm", type=int, default=1, help="dLLM workers to start (the trained demo model, tiny-dllm)")
+    up.add_argument("--dllm", type=int, default=1, help="dLLM workers to start (tiny default model built on first run)")
     up.add_argument("--image", type=int, default=1, help="image workers to start (the trained demo shapes model, tiny-sd)")
+    up.add_argument("--encode", type=int, help="vision encode workers to start (default: 1 when a dLLM worker starts; "
+                                               "the tiny dLLM takes images through it)")
+    up.add_argument("--demo-dllm", type=int, default=1,
+                    help="dLLM workers on the trained demo model (demo-dllm: answers templated prompts), beside tiny-dllm")
     up.add_argument("--video", type=int, default=0,
                     help="video workers to start (a tiny random Wan2.1 pipeline, tiny-wan, built on first run)")
     up.add_argument("--mocker-speedup", type=float, default=1.0, help="mocker speedup ratio ('inf' = no simulated time)")
     up.add_argument("--namespace")
+    add_drain_flag(up)
+    add_restart_flags(up)
     up.add_argument("--dry-run", action="store_true", help="print what would start and exit")
 
     frontend = sub.add_parser("frontend", help="the OpenAI-compatible HTTP frontend (embedded KV router)")
@@ -59,11 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level, args.log_format)
+    watch_parent_from_env()  # started by `up` (or another launcher): exit with it (the fallback to PR_SET_PDEATHSIG)
     try:
         return _dispatch(args)
-    except ConfigError as exc:
+    except (ConfigError, StartupError) as exc:
         print(f"diffmesh: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_STARTUP
     except KeyboardInterrupt:
         return 130
 

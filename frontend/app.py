@@ -17,10 +17,13 @@ from frontend.registry import ModelRegistry
 from frontend.state import STATE, AppState, new_request_id
 from protocol.errors import MeshError, NotFound, Unauthorized
 from router.service import build_router_service
-from shell.bus import connect
+from shell.blobs import BlobStore
+from shell.bus import close_bus, connect
 from shell.config import FrontendConfig
+from shell.images import ImageLoader
 from shell.logs import request_id_from_headers, request_id_var
 from shell.metrics import FrontendMetrics
+from shell.process import cannot_listen
 
 log = logging.getLogger("diffmesh.frontend")
 NC: web.AppKey[nats.NATS] = web.AppKey("diffmesh_nc", nats.NATS)
@@ -114,7 +117,8 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(build_openapi())
 
 
-def build_app(config: FrontendConfig) -> web.Application:
+def build_app(config: FrontendConfig, exported: FrontendMetrics | None = None) -> web.Application:
+    """The app; `exported` lets a launcher put its own metrics (e.g. process restarts) on this /metrics."""
     app = web.Application(middlewares=[request_id_middleware, errors_middleware, auth_middleware(config.api_key)],
                           client_max_size=config.max_body_bytes)
     app.router.add_post("/v1/chat/completions", text.chat_completions)
@@ -135,11 +139,11 @@ def build_app(config: FrontendConfig) -> web.Application:
     app.router.add_get("/openapi.json", openapi)
     if config.media_dir:
         app.router.add_static("/v1/files/", config.media_dir, follow_symlinks=False)
-    app.cleanup_ctx.append(_bus_context(config))
+    app.cleanup_ctx.append(_bus_context(config, exported))
     return app
 
 
-def _bus_context(config: FrontendConfig):
+def _bus_context(config: FrontendConfig, exported: FrontendMetrics | None):
     async def context(app: web.Application):
         nc = await connect(config.nats, name="diffmesh-frontend")
         router_service = build_router_service(nc, config.namespace, config.router_mode, config.router_url)
@@ -148,25 +152,32 @@ def _bus_context(config: FrontendConfig):
         router_service.on_worker_lost(requester.fail_worker)
         await requester.start()
         await router_service.start()
-        metrics = FrontendMetrics()
+        media = ImageLoader(config.media)
         jobs = videos.VideoJobs(nc, config.namespace, config.media_dir)
         app[NC] = nc
-        app[STATE] = AppState(config, requester, router_service, registry, metrics, jobs)
+        app[STATE] = AppState(config, requester, router_service, registry, exported or FrontendMetrics(), media,
+                              BlobStore(nc, config.namespace, config.max_inline_bytes), jobs)
         yield
         await jobs.close()
         await router_service.stop()
         await requester.stop()
-        await nc.drain()
+        await media.close()
+        await close_bus(nc)
 
     return context
 
 
-async def run_frontend(config: FrontendConfig, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
-    """Serve until `stop` is set (or forever)."""
-    runner = web.AppRunner(build_app(config), handler_cancellation=True, access_log=None)
+async def run_frontend(config: FrontendConfig, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
+                       metrics: FrontendMetrics | None = None) -> None:
+    """Serve until `stop` is set (or forever). A port that cannot be bound is a StartupError (one line)."""
+    runner = web.AppRunner(build_app(config, metrics), handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_port=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise cannot_listen("--port", config.host, config.port, exc) from exc
     log.info("frontend listening on http://%s:%d", config.host, config.port)
     if ready is not None:
         ready.set()

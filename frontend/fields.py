@@ -191,7 +191,8 @@ ROLE_FEATURES = {"tool": "tools", "function": "tools"}
 # content part types: the input modality each needs (None: any model), or a feature
 CONTENT_PARTS: dict[str, Rule] = {
     "text": supported("the message text; `prompt_cache_breakpoint` is accepted (every full KV block is cached)"),
-    "image_url": supported("models with image input only"),
+    "image_url": supported("models with image input only: JPEG/PNG/WEBP as a `data:` or SSRF-checked http(s) URL; "
+                           "`detail` must be `auto`"),
     "input_audio": supported("models with audio input only"),
     "file": supported("models with file input only"),
     "refusal": needs("refusal", "no diffmesh model refuses"),

@@ -1,4 +1,7 @@
-"""GET /v1/models and /v1/models/{model}: live models with their modalities, context length and defaults."""
+"""GET /v1/models and /v1/models/{model}: live models with their modalities, context length, defaults and a probe.
+
+Encode workers serve language models, not clients: their models are not listed (GET /health shows them).
+"""
 
 from __future__ import annotations
 
@@ -14,17 +17,21 @@ COMPONENT_KINDS = {"image": ["images"], "encode": ["embeddings"]}  # for a model
 
 async def list_models(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    data = [await _info(state, name, workers) for name, workers in sorted(state.registry.live_models().items())]
+    data = [await _info(state, name, workers) for name, workers in sorted(_client_models(state).items())]
     return web.Response(body=json_encoder.encode(ModelList(data=data)), content_type="application/json")
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
     state = request.app[STATE]
     name = request.match_info["model"]
-    workers = state.registry.live_models().get(name)
+    workers = _client_models(state).get(name)
     if not workers:
         raise ModelNotFound(f"model {name!r} is not served here", param="model")
     return web.Response(body=json_encoder.encode(await _info(state, name, workers)), content_type="application/json")
+
+
+def _client_models(state) -> dict[str, list[WorkerCard]]:
+    return {name: workers for name, workers in state.registry.live_models().items() if workers[0].component != "encode"}
 
 
 async def _info(state, name: str, workers: list[WorkerCard]) -> ModelInfo:
@@ -41,7 +48,7 @@ def model_info(card: ModelCard, created: int, num_workers: int) -> ModelInfo:
     return ModelInfo(id=card.name, created=created, kinds=list(card.kinds), workers=num_workers, component=card.component,
                      input_modalities=list(card.input_modalities), output_modalities=list(card.output_modalities),
                      context_length=card.context_length or None, features=list(card.features),
-                     diffusion=_diffusion_defaults(card), defaults=dict(card.defaults))
+                     diffusion=_diffusion_defaults(card), defaults=dict(card.defaults), health_check=card.health_check)
 
 
 def _diffusion_defaults(card: ModelCard) -> DiffusionDefaults | None:

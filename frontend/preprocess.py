@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -24,6 +26,21 @@ def build_template_env() -> ImmutableSandboxedEnvironment:
     return env
 
 
+@dataclass(frozen=True)
+class ImagePart:
+    """An `image_url` content part of a chat request."""
+
+    url: str
+    param: str  # its JSON path: $.messages[i].content[j]
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    tokens: np.ndarray  # int32, placeholders expanded: num_image_tokens per image
+    images: list[ImagePart]  # in prompt order
+    offsets: list[tuple[int, int]]  # [start, end) of each image's placeholders in `tokens`
+
+
 class Preprocessor:
     """Chat messages or a completion prompt -> int32 token ids for one model."""
 
@@ -32,7 +49,8 @@ class Preprocessor:
         self.tokenizer = Tokenizer.from_str(tokenizer_json.decode()) if tokenizer_json else None
         env = env or build_template_env()
         self.template = env.from_string(card.chat_template) if card.chat_template else None
-        self.accepts_images = "image" in card.input_modalities
+        self.accepts_images = ("image" in card.input_modalities and card.image_token is not None
+                               and card.image_token_id is not None and card.num_image_tokens > 0)
 
     def _require_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
@@ -50,19 +68,62 @@ class Preprocessor:
             raise InvalidRequest(f"chat template rejected the messages: {exc}", param="$.messages") from exc
 
     def _text_of(self, message: ChatMessage, index: int) -> str:
+        """The message as template text; each image part becomes the model's placeholder once."""
         if message.content is None or isinstance(message.content, str):
+            self._check_text(message.content or "", f"$.messages[{index}].content")
             return message.content or ""
         parts = []
         for j, part in enumerate(message.content):
             if isinstance(part, TextPart):
+                self._check_text(part.text, f"$.messages[{index}].content[{j}].text")
                 parts.append(part.text)
-            elif isinstance(part, ImageUrlPart) and not self.accepts_images:
-                raise InvalidRequest(f"model {self.card.name!r} does not take image input",
-                                     param=f"$.messages[{index}].content[{j}]")
+            else:
+                self._check_image(message, part, f"$.messages[{index}].content[{j}]")
+                parts.append(self.card.image_token)
         return "".join(parts)
 
+    def _check_text(self, text: str, param: str) -> None:
+        if self.accepts_images and self.card.image_token in text:
+            raise InvalidRequest(f"text may not contain the image placeholder {self.card.image_token!r}; send images as "
+                                 "image_url parts", param=param)
+
+    def _check_image(self, message: ChatMessage, part: ImageUrlPart, param: str) -> None:
+        if not self.accepts_images:
+            raise InvalidRequest(f"model {self.card.name!r} does not take image input", param=param)
+        if message.role != "user":
+            raise InvalidRequest(f"image parts belong in user messages, not {message.role}", param=param)
+        if part.image_url.detail != "auto":
+            raise InvalidRequest(f"model {self.card.name!r} encodes every image at one resolution "
+                                 f"({self.card.num_image_tokens} tokens); detail must be auto",
+                                 param=f"{param}.image_url.detail")
+
     def chat_tokens(self, messages: list[ChatMessage]) -> np.ndarray:
-        return self.encode(self.render_chat(messages))
+        return self.chat_prompt(messages).tokens
+
+    def chat_prompt(self, messages: list[ChatMessage]) -> ChatPrompt:
+        """Templated, tokenized chat with each image's placeholder expanded to num_image_tokens ids."""
+        images = image_parts(messages)
+        tokens = self.encode(self.render_chat(messages))
+        if not images:
+            return ChatPrompt(tokens, [], [])
+        tokens, offsets = self._expand(tokens, len(images))
+        return ChatPrompt(tokens, images, offsets)
+
+    def _expand(self, tokens: np.ndarray, num_images: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        token_id, width = self.card.image_token_id, self.card.num_image_tokens
+        found = np.flatnonzero(tokens == token_id)
+        if len(found) != num_images:
+            raise InvalidRequest(f"the chat template kept {len(found)} of {num_images} image placeholders",
+                                 param="$.messages")
+        placeholder = np.full(width, token_id, dtype=TOKEN_DTYPE)
+        pieces, offsets, cursor = [], [], 0
+        for position in found.tolist():
+            pieces += [tokens[cursor:position], placeholder]
+            start = position + len(offsets) * (width - 1)
+            offsets.append((start, start + width))
+            cursor = position + 1
+        pieces.append(tokens[cursor:])
+        return np.concatenate(pieces), offsets
 
     def encode(self, text: str) -> np.ndarray:
         ids = self._require_tokenizer().encode(text, add_special_tokens=False).ids
@@ -90,3 +151,9 @@ def _plain(message: ChatMessage, text: str) -> dict:
     if message.name:
         plain["name"] = message.name
     return plain
+
+
+def image_parts(messages: list[ChatMessage]) -> list[ImagePart]:
+    return [ImagePart(part.image_url.url, f"$.messages[{i}].content[{j}]")
+            for i, message in enumerate(messages) if isinstance(message.content, list)
+            for j, part in enumerate(message.content) if isinstance(part, ImageUrlPart)]

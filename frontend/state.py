@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import msgspec
 from aiohttp import web
 
+from shell.blobs import BlobStore
 from shell.config import FrontendConfig
+from shell.images import ImageLoader
 from shell.metrics import FrontendMetrics
 from frontend.bus import ReplyStream, Requester
 from frontend.registry import ModelRegistry
@@ -32,6 +34,8 @@ class AppState:
     router: object  # RouterService (embedded) or RemoteRouter: route(), on_first_token(), on_finish()
     registry: ModelRegistry
     metrics: FrontendMetrics
+    media: ImageLoader  # chat image parts
+    blobs: BlobStore  # bytes too large for one bus message
     videos: object = None  # frontend.videos.VideoJobs: video job records and the tasks following them
 
 
@@ -54,10 +58,13 @@ def new_request_id(prefix: str) -> str:
 async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit}")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-    return body
+    chunks, size = [], 0
+    while chunk := await request.content.read(limit + 1 - size):  # read(n) returns what has arrived, up to n
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+    return b"".join(chunks)
 
 
 def raise_if_error(reply: Reply) -> Reply:
@@ -205,11 +212,15 @@ async def serve_request(state: AppState, route: RouteRequest, work, endpoint: st
 
 
 async def serve_choices(state: AppState, jobs: list[tuple[RouteRequest, object]], endpoint: str, is_stream: bool,
-                        respond: Callable[[list[Dispatched]], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """serve_request over several bus requests (the n choices of one HTTP request); all start or none does."""
+                        respond: Callable[[list[Dispatched]], Awaitable[web.StreamResponse]],
+                        started: float | None = None) -> web.StreamResponse:
+    """serve_request over several bus requests (the n choices of one HTTP request); all start or none does.
+
+    `started` (time.monotonic) is when the request's own preparation began (image loading and encoding count too).
+    """
     model = jobs[0][0].model
     metrics = state.metrics.model(model)
-    started = time.monotonic()
+    started = time.monotonic() if started is None else started
     metrics.inflight.inc()
     dispatched: list[Dispatched] = []
     status = "200"

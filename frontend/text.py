@@ -11,12 +11,13 @@ from aiohttp import web
 from frontend.capabilities import check_chat, check_completion
 from frontend.errors import envelope, error_response, from_validation
 from frontend.logprobs import mean_logprob
+from frontend.multimodal import delete_blobs, embed_images
 from frontend.registry import ModelEntry
 from frontend.state import (
     STATE, AppState, Dispatched, first_error, merged_replies, new_request_id, raise_if_error, read_body, serve_choices,
 )
 from frontend.textformat import ChoiceResult, Formatter, total_usage
-from frontend.textplan import Choice, Plan, build_plan
+from frontend.textplan import Choice, Plan, build_plan, with_images
 from protocol.errors import InvalidRequest, MeshError
 from protocol.openai import ChatCompletionRequest, CompletionRequest, chat_decoder, completion_decoder
 from protocol.routing import RouteRequest
@@ -50,22 +51,30 @@ async def _handle(request: web.Request, kind: str) -> web.StreamResponse:
         if kind not in entry.card.kinds:
             raise InvalidRequest(f"model {req.model!r} does not serve {kind}", param="$.model")
         (check_chat if kind == "chat" else check_completion)(req, entry.card)
+        started = time.monotonic()
         plan = build_plan(req, entry, kind, new_request_id(request_id_var.get() or "cmpl"))
+        if plan.prompts[0].images:
+            prompt = plan.prompts[0]
+            plan = with_images(plan, *await embed_images(state, entry, prompt.images, prompt.offsets, plan.request_id,
+                                                         len(prompt.tokens) * 4))
     except MeshError as exc:
         response = error_response(exc)
         state.metrics.model(model).request_done(endpoint, "unary", str(response.status))
         return response
-    return await _serve(request, state, req, entry, plan, kind)
+    try:
+        return await _serve(request, state, req, entry, plan, kind, started)
+    finally:
+        await delete_blobs(state, plan.choices[0].work)
 
 
 async def _serve(request: web.Request, state: AppState, req: ChatCompletionRequest | CompletionRequest, entry: ModelEntry,
-                 plan: Plan, kind: str) -> web.StreamResponse:
+                 plan: Plan, kind: str, started: float) -> web.StreamResponse:
     model = req.model
     for prompt in plan.prompts:
         state.metrics.model(model).input_tokens.observe(len(prompt.tokens))
     worker_id = req.nvext.worker_id if req.nvext else None
-    jobs = [(RouteRequest(request_id=c.work.request_id, model=model, token_ids=c.work.token_ids, worker_id=worker_id), c.work)
-            for c in plan.choices]
+    jobs = [(RouteRequest(request_id=c.work.request_id, model=model, token_ids=c.work.token_ids,
+                          mm_objects=c.work.mm_objects, worker_id=worker_id), c.work) for c in plan.choices]
     options = req.stream_options
     fmt = Formatter(kind, plan.request_id, model, plan, entry.preprocessor.tokenizer,
                     service_tier=getattr(req, "service_tier", None), obfuscate=bool(options and options.include_obfuscation))
@@ -76,7 +85,7 @@ async def _serve(request: web.Request, state: AppState, req: ChatCompletionReque
         return await _collect(state, dispatched, plan, fmt, model)
 
     endpoint = "chat_completions" if kind == "chat" else "completions"
-    return await serve_choices(state, jobs, endpoint, bool(req.stream), respond)
+    return await serve_choices(state, jobs, endpoint, bool(req.stream), respond, started)
 
 
 def _workers_header(ds: list[Dispatched]) -> dict[str, str]:

@@ -6,6 +6,7 @@ n=1 answer); with no seed and several choices per prompt, a random base seed kee
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ import msgspec
 import numpy as np
 
 from frontend.capabilities import logit_bias_ids
+from frontend.preprocess import ImagePart
 from frontend.registry import ModelEntry
 from protocol.errors import InvalidRequest
 from protocol.openai import MAX_CHOICES, ChatCompletionRequest, CompletionRequest
@@ -23,8 +25,10 @@ MAX_SEED = 2**63 - 1
 
 @dataclass(frozen=True)
 class Prompt:
-    tokens: np.ndarray  # int32 token ids after templating
+    tokens: np.ndarray  # int32 token ids after templating (image placeholders expanded)
     text: str  # what `echo` puts in front of the completion
+    images: tuple[ImagePart, ...] = ()  # chat image parts, in prompt order
+    offsets: tuple[tuple[int, int], ...] = ()  # [start, end) of each image's placeholders in `tokens`
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class Plan:
 
 def build_plan(req: ChatCompletionRequest | CompletionRequest, entry: ModelEntry, kind: str, request_id: str) -> Plan:
     pre = entry.preprocessor
-    prompts = [Prompt(pre.chat_tokens(req.messages), "")] if kind == "chat" else completion_prompts(req.prompt, pre)
+    prompts = [chat_prompt(req, pre)] if kind == "chat" else completion_prompts(req.prompt, pre)
     n = req.n or 1
     per_prompt = max(n, getattr(req, "best_of", None) or 1)
     if len(prompts) * per_prompt > MAX_CHOICES:
@@ -71,6 +75,18 @@ def build_plan(req: ChatCompletionRequest | CompletionRequest, entry: ModelEntry
                                    sampling=options, diffusion=diffusion, stream=bool(req.stream))
             choices.append(Choice(p * per_prompt + j, p, work))
     return Plan(request_id, prompts, choices, n, num_top, bool(getattr(req, "echo", False)))
+
+
+def chat_prompt(req: ChatCompletionRequest, pre) -> Prompt:
+    chat = pre.chat_prompt(req.messages)
+    return Prompt(chat.tokens, "", tuple(chat.images), tuple(chat.offsets))
+
+
+def with_images(plan: Plan, mm_objects: list, mm_embeddings: list) -> Plan:
+    """The plan with every choice carrying the prompt's images (chat has one prompt; its choices share them)."""
+    choices = [dataclasses.replace(c, work=msgspec.structs.replace(c.work, mm_objects=mm_objects,
+                                                                    mm_embeddings=mm_embeddings)) for c in plan.choices]
+    return dataclasses.replace(plan, choices=choices)
 
 
 def completion_prompts(prompt, pre) -> list[Prompt]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -98,6 +98,28 @@ KNOWN_FEATURES = (
 )
 
 
+class HealthCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """A small request that exercises a model end to end: what a canary or load-balancer probe POSTs."""
+
+    path: str  # e.g. /v1/chat/completions
+    body: dict[str, Any]  # the JSON body
+
+    @classmethod
+    def chat(cls, model: str, image_url: str | None = None) -> HealthCheck:
+        """A one-token chat; with `image_url`, the message carries that image too (multimodal models)."""
+        content: str | list = "ping"
+        if image_url is not None:
+            content = [{"type": "text", "text": "ping"}, {"type": "image_url", "image_url": {"url": image_url}}]
+        body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 1}
+        return cls(path="/v1/chat/completions", body=body)
+
+    @classmethod
+    def images(cls, model: str, size: str) -> HealthCheck:
+        """One image at the model's default size with a single denoising step."""
+        body = {"model": model, "prompt": "health check", "n": 1, "size": size, "nvext": {"num_inference_steps": 1}}
+        return cls(path="/v1/images/generations", body=body)
+
+
 class ModelCard(msgspec.Struct, frozen=True, kw_only=True):
     """What a frontend needs to serve a model without its files (stored in the JetStream KV bucket)."""
 
@@ -116,6 +138,11 @@ class ModelCard(msgspec.Struct, frozen=True, kw_only=True):
     defaults: dict[str, float | int | str | bool] = {}  # per-model request defaults (steps, size, ...)
     features: list[str] = []  # optional request features it implements (KNOWN_FEATURES); unknown names are kept
     created: int = 0  # unix seconds
+    image_token: str | None = None  # multimodal LMs: the placeholder text the prompt carries once per image
+    image_token_id: int | None = None  # ... its token id, repeated num_image_tokens times per image
+    num_image_tokens: int = 0  # placeholder tokens (= embedding rows) per image
+    vision_encoder: str | None = None  # served name of the encode model whose embeddings this model takes
+    health_check: HealthCheck | None = None
 
 
 event_encoder = msgspec.msgpack.Encoder()

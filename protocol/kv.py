@@ -48,12 +48,28 @@ def mm_hash_of(data: bytes) -> int:
     return _xxh3(data)
 
 
-def block_mm_hashes(mm_objects: Iterable[MmObject], block_size: int, num_blocks: int) -> dict[int, list[int]]:
-    """Map block index -> sorted mm_hashes of the objects overlapping it (full blocks only)."""
+def image_mm_hash(width: int, height: int, rgb: bytes) -> int:
+    """mm_hash of a decoded image: XXH3-64 of u32le(width) ‖ u32le(height) ‖ its RGB pixels, row by row.
+
+    The size is part of it so that equal pixel bytes of different shapes (2x8 vs 8x2) stay different images.
+    """
+    state = xxhash.xxh3_64()
+    state.update(struct.pack("<II", width, height))
+    state.update(rgb)
+    return state.intdigest()
+
+
+def block_mm_hashes(mm_objects: Iterable[MmObject], block_size: int, num_blocks: int,
+                    offset: int = 0) -> dict[int, list[int]]:
+    """Map block index -> sorted mm_hashes of the objects overlapping it (full blocks only).
+
+    `offset` is the request position of the first block's first token (a chain continued from there).
+    """
     per_block: dict[int, set[int]] = {}
     for obj in mm_objects:
         for start, end in obj.offsets:
-            if end <= start:
+            start, end = start - offset, end - offset
+            if end <= start or end <= 0:
                 continue
             last = min((end - 1) // block_size, num_blocks - 1)
             for block in range(max(start, 0) // block_size, last + 1):
@@ -70,9 +86,10 @@ def _u32_le(tokens: Sequence[int] | np.ndarray) -> np.ndarray:
 
 
 def local_block_hashes(
-    tokens: Sequence[int] | np.ndarray, block_size: int, mm_objects: Iterable[MmObject] = (), seed: int = XXH3_SEED
+    tokens: Sequence[int] | np.ndarray, block_size: int, mm_objects: Iterable[MmObject] = (), seed: int = XXH3_SEED,
+    offset: int = 0,
 ) -> list[int]:
-    """XXH3-64 of every full block (tokens_hash / LocalBlockHash)."""
+    """XXH3-64 of every full block (tokens_hash / LocalBlockHash); `tokens[0]` sits at request position `offset`."""
     if block_size <= 0:
         return []
     num_blocks = len(tokens) // block_size
@@ -81,7 +98,7 @@ def local_block_hashes(
     data = _u32_le(tokens[: num_blocks * block_size])
     blocks: list[bytes] = data.view(f"V{block_size * 4}").tolist()  # one bytes object per block
     hashes = list(map(_xxh3, blocks, repeat(seed, num_blocks)))
-    for block, mm in block_mm_hashes(mm_objects, block_size, num_blocks).items():
+    for block, mm in block_mm_hashes(mm_objects, block_size, num_blocks, offset).items():
         hashes[block] = _xxh3(blocks[block] + struct.pack(f"<{len(mm)}Q", *mm), seed)
     return hashes
 

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from protocol.events import HealthCheck
+
 PositiveInt = Annotated[int, Meta(ge=1)]
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 Seed = Annotated[int, Meta(ge=0, le=2**63 - 1)]
@@ -310,6 +312,7 @@ class ModelInfo(Resp, kw_only=True):
     features: list[str] = []  # optional request features (protocol.events.KNOWN_FEATURES)
     diffusion: DiffusionDefaults | None = None  # diffusion LMs only
     defaults: dict[str, float | int | str | bool] = {}  # the model card's request defaults
+    health_check: HealthCheck | None = None  # diffmesh: a request that exercises the model (POST body at path)
 
 
 class ModelList(Resp, kw_only=True):

@@ -87,3 +87,8 @@ def files_bucket(ns: str) -> str:
 def videos_bucket(ns: str) -> str:
     """JetStream KV bucket of video jobs (status, progress, where the MP4 is), shared by every frontend."""
     return f"{ns}_videos"
+
+
+def blobs_bucket(ns: str) -> str:
+    """JetStream Object Store bucket of per-request media and embeddings too large for one message (with a TTL)."""
+    return f"{ns}_blobs"

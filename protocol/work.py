@@ -44,6 +44,15 @@ class DiffusionOptions(msgspec.Struct, frozen=True, kw_only=True):
     use_cache: bool | None = None  # block KV cache on/off
 
 
+class TensorData(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A tensor on the bus: dtype, shape and C-order bytes, inline or (over the payload limit) in the Object Store."""
+
+    dtype: str  # float32 | float16 | bfloat16
+    shape: list[int]
+    data: bytes = b""  # inline bytes; empty when object_name is set
+    object_name: str | None = None  # object in the {ns}_blobs bucket (the requester deletes it when done)
+
+
 class GenerateRequest(BusMsg, kw_only=True, tag="generate"):
     """Text generation (chat and completions are both token-in, text-out on the bus)."""
 
@@ -53,6 +62,7 @@ class GenerateRequest(BusMsg, kw_only=True, tag="generate"):
     sampling: SamplingOptions
     diffusion: DiffusionOptions | None = None
     mm_objects: list[MmObject] = []
+    mm_embeddings: list[TensorData] = []  # one per mm_objects entry: [placeholder tokens, hidden] from an encode worker
     stream: bool = True  # False: the worker may send only the Final message
     deadline_s: float | None = None  # seconds the requester will wait in all
 
@@ -105,7 +115,20 @@ class VideoRequest(BusMsg, kw_only=True, tag="video"):
     deadline_s: float | None = None
 
 
-WorkRequest = GenerateRequest | ImageRequest | VideoRequest
+
+
+class EncodeRequest(BusMsg, kw_only=True, tag="encode"):
+    """One image to embed (requests are routed per image, by mm_hash); the worker batches across callers."""
+
+    request_id: str
+    model: str  # the encode worker's served name
+    mm_hash: int  # protocol.kv.image_mm_hash of the decoded pixels: the embedding cache key
+    image: bytes = b""  # the encoded image (JPEG/PNG/WEBP) inline, or
+    image_object: str | None = None  # ... its object in the {ns}_blobs bucket
+    deadline_s: float | None = None
+
+
+WorkRequest = GenerateRequest | ImageRequest | VideoRequest | EncodeRequest
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -208,6 +231,16 @@ class VideoOutput(BusMsg, kw_only=True, tag="video_output"):
     content_type: str = "video/mp4"
 
 
+class EmbeddingOutput(BusMsg, kw_only=True, tag="embedding"):
+    """An image's embedding ([tokens, hidden], projected to the language model's hidden size)."""
+
+    request_id: str
+    seq: int
+    mm_hash: int
+    embedding: TensorData
+    cached: bool = False  # served from the worker's embedding cache (no forward pass)
+
+
 class Final(BusMsg, kw_only=True, tag="final"):
     """Terminal success message; `text` holds what was not yet sent in chunks."""
 
@@ -232,7 +265,7 @@ class Error(BusMsg, kw_only=True, tag="error"):
     retry_after: float | None = None
 
 
-Reply = Ack | Chunk | ImageOutput | VideoProgress | VideoOutput | Final | Error
+Reply = Ack | Chunk | ImageOutput | VideoProgress | VideoOutput | EmbeddingOutput | Final | Error
 
 work_encoder = msgspec.msgpack.Encoder()
 work_decoder = msgspec.msgpack.Decoder(WorkRequest)

@@ -22,7 +22,7 @@ from protocol.routing import (
 )
 from router.core import Router, RouterConfig
 from router.policy import PolicyConfig
-from shell.bus import connect
+from shell.bus import close_bus, connect
 from shell.config import ConfigError, NatsConfig, from_env
 
 log = logging.getLogger("diffmesh.router")
@@ -282,7 +282,7 @@ async def serve(config: ServiceConfig, stop: asyncio.Event, ready: asyncio.Futur
             refresher.cancel()
             server.shutdown()
         await service.stop()
-        await nc.drain()
+        await close_bus(nc)
 
 
 def _start_metrics(host: str, port: int):

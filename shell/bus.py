@@ -19,11 +19,14 @@ from pathlib import Path
 import nats
 
 from shell.config import ConfigError, NatsConfig
+from shell.process import is_set_within, spawn
 
 log = logging.getLogger("shell.bus")
 
 MAX_PAYLOAD = 8 * 1024 * 1024
 PENDING_SIZE = 8 * 1024 * 1024  # client flush buffer
+DRAIN_TIMEOUT_S = 5.0  # shutdown drains a live connection this long at most
+CLOSE_TIMEOUT_S = 2.0  # closing a connection whose server is gone must not hang shutdown
 
 
 def _tls_context(config: NatsConfig) -> ssl.SSLContext | None:
@@ -35,8 +38,10 @@ def _tls_context(config: NatsConfig) -> ssl.SSLContext | None:
     return context
 
 
-async def connect(config: NatsConfig, name: str) -> nats.NATS:
-    """Connect to NATS with reconnects; credentials from user/password, token, creds file or TLS."""
+async def connect(config: NatsConfig, name: str, link: LinkWatch | None = None) -> nats.NATS:
+    """Connect to NATS with reconnects; credentials from user/password, token, creds file or TLS.
+
+    `link`, when given, follows the connection's state (up, down since when)."""
     options: dict = {
         "servers": config.servers,
         "name": name,
@@ -46,8 +51,9 @@ async def connect(config: NatsConfig, name: str) -> nats.NATS:
         "allow_reconnect": True,
         "pending_size": PENDING_SIZE,
         "error_cb": _log_error,
-        "disconnected_cb": _log_event("disconnected", name),
-        "reconnected_cb": _log_event("reconnected", name),
+        "disconnected_cb": _log_event("disconnected", name, link.mark_down if link else None),
+        "reconnected_cb": _log_event("reconnected", name, link.mark_up if link else None),
+        "closed_cb": _log_event("closed", name, link.mark_down if link else None),
     }
     if config.user:
         options["user"], options["password"] = config.user, config.password
@@ -58,18 +64,106 @@ async def connect(config: NatsConfig, name: str) -> nats.NATS:
     tls = _tls_context(config)
     if tls is not None:
         options["tls"] = tls
-    return await nats.connect(**options)
+    nc = await nats.connect(**options)
+    if link is not None:
+        link.mark_up()
+    return nc
 
 
 async def _log_error(exc: Exception) -> None:
     log.warning("nats error: %s", exc)
 
 
-def _log_event(what: str, name: str):
+def _log_event(what: str, name: str, then=None):
     async def callback() -> None:
         log.info("nats %s (%s)", what, name)
+        if then is not None:
+            then()
 
     return callback
+
+
+class BrokerUnreachable(ConnectionError):
+    """NATS stayed unreachable for longer than the process allows (--nats-give-up-after)."""
+
+
+def has_given_up(down_since: float | None, now: float, give_up_after_s: float | None) -> bool:
+    """True once a link that went down at `down_since` has stayed down for `give_up_after_s` (None: never)."""
+    return give_up_after_s is not None and down_since is not None and now - down_since >= give_up_after_s
+
+
+class LinkWatch:
+    """Is the NATS connection up, since when is it down, and has it been down too long (`gave_up`)?
+
+    Feed it through `connect(..., link=)`; `run()` sets `gave_up` once the link stays down `give_up_after_s`."""
+
+    def __init__(self, give_up_after_s: float | None = None):
+        self.give_up_after_s = give_up_after_s
+        self.down_since: float | None = time.monotonic()  # down until the first connect succeeds
+        self.up = asyncio.Event()
+        self.down = asyncio.Event()
+        self.down.set()
+        self.gave_up = asyncio.Event()
+
+    @property
+    def is_up(self) -> bool:
+        return self.up.is_set()
+
+    def mark_up(self) -> None:
+        self.down_since = None
+        self.down.clear()
+        self.up.set()
+
+    def mark_down(self) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+        self.up.clear()
+        self.down.set()
+
+    async def run(self) -> None:
+        """Set `gave_up` once the link has been down `give_up_after_s` in one stretch (returns at once if never)."""
+        if self.give_up_after_s is None:
+            return
+        while True:
+            await self.down.wait()
+            remaining = self.down_since + self.give_up_after_s - time.monotonic()
+            if not await is_set_within(self.up, max(remaining, 0)) and has_given_up(
+                    self.down_since, time.monotonic(), self.give_up_after_s):
+                self.gave_up.set()
+                return
+
+
+async def connect_unless(stop: asyncio.Event, config: NatsConfig, name: str, link: LinkWatch) -> nats.NATS | None:
+    """`connect`, or None if `stop` is set first; BrokerUnreachable once `link` gave up (run `link.run()` alongside)."""
+    connecting = asyncio.ensure_future(connect(config, name, link))
+    others = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(link.gave_up.wait())]
+    await asyncio.wait([connecting, *others], return_when=asyncio.FIRST_COMPLETED)
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+    if connecting.done():
+        return connecting.result()
+    connecting.cancel()
+    await asyncio.gather(connecting, return_exceptions=True)
+    if link.gave_up.is_set():
+        raise BrokerUnreachable(f"NATS {config.url} unreachable for {link.give_up_after_s:g} s (--nats-give-up-after)")
+    return None
+
+
+async def close_bus(nc: nats.NATS, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+    """Drain a live connection for at most `timeout_s`; close a dead or reconnecting one without waiting for it."""
+    if nc.is_closed:
+        return
+    if nc.is_connected:
+        try:
+            await asyncio.wait_for(nc.drain(), max(timeout_s, 0.1))
+            return
+        except (asyncio.TimeoutError, nats.errors.Error) as exc:
+            log.warning("nats drain did not finish (%s); closing", type(exc).__name__)
+    try:
+        await asyncio.wait_for(nc.close(), CLOSE_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - best effort: nats-py writes pending bytes to a closed transport here
+        log.info("nats close: %s: %s", type(exc).__name__, exc)
 
 
 def find_nats_server() -> str:
@@ -85,9 +179,11 @@ def find_nats_server() -> str:
 
 
 def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
-    """`preferred` if it can be bound, else a free ephemeral port."""
+    """`preferred` if a server can listen on it (SO_REUSEADDR, as servers set: TIME_WAIT does not count), else a free
+    ephemeral port."""
     for port in ([preferred] if preferred else []) + [0]:
         with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError:
@@ -107,7 +203,7 @@ def server_config_text(port: int, monitor_port: int, store_dir: str, host: str =
 
 
 class EmbeddedNats:
-    """A real nats-server subprocess (JetStream on, max_payload 8 MB), for `diffmesh up` and tests."""
+    """A real nats-server subprocess (JetStream on, max_payload 8 MB) that dies with this process; `diffmesh up`, tests."""
 
     def __init__(self, port: int | None = 4222, host: str = "127.0.0.1", store_dir: str | None = None):
         self.host = host
@@ -124,9 +220,7 @@ class EmbeddedNats:
     def start(self, timeout_s: float = 15.0) -> EmbeddedNats:
         conf = Path(self.store_dir) / "nats.conf"
         conf.write_text(server_config_text(self.port, self.monitor_port, self.store_dir, self.host))
-        self.process = subprocess.Popen(
-            [find_nats_server(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        self.process = spawn([find_nats_server(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._wait_healthy(timeout_s)
         return self
 

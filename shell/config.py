@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 
 
@@ -30,9 +32,54 @@ class NatsConfig:
         return [part.strip() for part in self.url.split(",") if part.strip()]
 
 
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*\.?$")
+
+
+def _is_host_or_network(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.match(entry))
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """Image inputs (chat `image_url` parts): what may be fetched and decoded. SSRF-safe by default.
+
+    http(s) URLs that resolve to loopback, private, link-local (cloud metadata) or other non-global addresses are
+    refused, also after a redirect, unless `allowed_hosts` names the URL's host name or an address/network it
+    resolves to (`localhost`, `127.0.0.1`, `10.0.0.0/8`).
+    """
+
+    allowed_hosts: tuple[str, ...] = ()  # env DIFFMESH_MEDIA_ALLOWED_HOSTS="127.0.0.1,localhost"
+    max_bytes: int = 16 * 1024 * 1024  # encoded image bytes (download or decoded data: URL)
+    max_pixels: int = 32 * 1024 * 1024  # width x height, checked from the header before decoding
+    timeout_s: float = 10.0  # a whole fetch, redirects included
+    max_redirects: int = 3
+    cache_bytes: int = 256 * 1024 * 1024  # LRU of decoded RGB images, by content hash
+    allow_http: bool = True  # False: https and data: URLs only
+    resolver: object = None  # aiohttp AbstractResolver class for host names (None = aiohttp's default); not from env
+
+    def __post_init__(self) -> None:
+        if isinstance(self.allowed_hosts, str):  # env vars arrive as "a,b,c"
+            object.__setattr__(self, "allowed_hosts", tuple(h.strip() for h in self.allowed_hosts.split(",") if h.strip()))
+        for name in ("max_bytes", "max_pixels", "cache_bytes"):
+            if getattr(self, name) < (0 if name == "cache_bytes" else 1):
+                raise ConfigError(f"media {name}={getattr(self, name)} must be >= 1")
+        if not self.timeout_s > 0 or self.max_redirects < 0:
+            raise ConfigError(f"media timeout_s={self.timeout_s} must be > 0 and max_redirects={self.max_redirects} >= 0")
+        bad = [h for h in self.allowed_hosts if not _is_host_or_network(h)]
+        if bad:
+            raise ConfigError(f"media allowed_hosts={','.join(bad)!r}: use host names, IP addresses or CIDR networks")
+        if self.resolver is not None and not callable(self.resolver):
+            raise ConfigError(f"media resolver={self.resolver!r} must be an aiohttp resolver class")
+
+
 @dataclass(frozen=True)
 class FrontendConfig:
     nats: NatsConfig = field(default_factory=NatsConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
     namespace: str = "dm"
     host: str = "0.0.0.0"
     port: int = 8000
@@ -44,6 +91,7 @@ class FrontendConfig:
     api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
     media_dir: str | None = None  # local store served at /v1/files/ (url image responses)
     public_base_url: str | None = None
+    max_inline_bytes: int | None = None  # media/embedding bytes carried in a bus message; larger go through the Object Store
 
     def __post_init__(self) -> None:
         modes = ("kv", "round_robin", "random", "least_loaded")
@@ -68,8 +116,21 @@ class RuntimeConfig:
     worker_id: str | None = None  # None = "<component>-<random hex>"
     heartbeat_s: float = 1.0
     load_interval_s: float = 0.25  # load reports at most this often, when load changed
-    drain_timeout_s: float = 30.0
+    drain_timeout_s: float = field(default=30.0, metadata={"env": "DRAIN_TIMEOUT"})  # SIGTERM: in-flight work gets this long
+    nats_give_up_after_s: float | None = field(default=None, metadata={"env": "NATS_GIVE_UP_AFTER"})  # None = retry forever
+    health_host: str = "0.0.0.0"
+    health_port: int | None = None  # None = no HTTP health endpoint
     js_replicas: int = 1  # replica count of the registry buckets (3 on a 3-node NATS cluster)
+    max_inline_bytes: int | None = None  # reply bytes (embeddings) inline in a message; None = server max_payload - 64 KiB
+
+    def __post_init__(self) -> None:
+        if not self.drain_timeout_s >= 0:
+            raise ConfigError(f"drain_timeout_s={self.drain_timeout_s} (--drain-timeout, DIFFMESH_DRAIN_TIMEOUT) must be >= 0")
+        if self.nats_give_up_after_s is not None and not self.nats_give_up_after_s > 0:
+            raise ConfigError(f"nats_give_up_after_s={self.nats_give_up_after_s} (--nats-give-up-after, "
+                              "DIFFMESH_NATS_GIVE_UP_AFTER) must be > 0")
+        if self.health_port is not None and not 0 <= self.health_port < 65536:
+            raise ConfigError(f"health_port={self.health_port} (--health-port, DIFFMESH_HEALTH_PORT) is not a port")
 
 
 ENV_PREFIX = "DIFFMESH_"
@@ -103,11 +164,18 @@ def from_env(cls, env: dict[str, str] | None = None, prefix: str = ENV_PREFIX, *
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
             continue
-        key = prefix + f.name.upper()
+        key = prefix + f.metadata.get("env", f.name.upper())
         if key in env and env[key] != "":  # an empty variable means "unset" (compose cannot unset one)
             values[f.name] = _coerce(key, env[key], _field_kind(f))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**values)
+
+
+def media_from_env(env: dict[str, str] | None = None, **overrides) -> MediaConfig:
+    """MediaConfig from DIFFMESH_MEDIA_* variables (DIFFMESH_MEDIA_ALLOWED_HOSTS, DIFFMESH_MEDIA_MAX_BYTES, ...) and flags."""
+    env = os.environ if env is None else env
+    env = {k: v for k, v in env.items() if k != ENV_PREFIX + "MEDIA_RESOLVER"}  # a class, never a string
+    return from_env(MediaConfig, env, prefix=ENV_PREFIX + "MEDIA_", **overrides)
 
 
 def nats_from_env(env: dict[str, str] | None = None, **overrides) -> NatsConfig:

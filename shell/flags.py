@@ -7,13 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from shell.config import (
-    FrontendConfig,
-    NatsConfig,
-    RuntimeConfig,
-    from_env,
-    nats_from_env,
-)
+from shell.config import ENV_PREFIX, FrontendConfig, NatsConfig, RuntimeConfig, from_env, media_from_env, nats_from_env
+from shell.supervise import RestartPolicy
 
 
 def add_nats_flags(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +45,13 @@ def add_frontend_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-timeout", type=float, dest="request_timeout_s", help="seconds per request")
     parser.add_argument("--video-timeout", type=float, dest="video_timeout_s", help="seconds a video job may run (3600)")
     parser.add_argument("--max-body-bytes", type=int)
+    media = parser.add_argument_group("chat image inputs (env DIFFMESH_MEDIA_*)")
+    media.add_argument("--media-allowed-hosts", help="comma-separated host names, IPs or CIDR networks that image URLs may "
+                                                    "reach although not public (default: none; loopback, private and "
+                                                    "link-local addresses are refused)")
+    media.add_argument("--media-max-bytes", type=int, help="largest image, encoded (default 16 MiB)")
+    media.add_argument("--media-max-pixels", type=int, help="largest width x height (default 32 Mi pixels)")
+    media.add_argument("--media-timeout", type=float, dest="media_timeout_s", help="seconds per image download (default 10)")
 
 
 def frontend_config(args: argparse.Namespace, **overrides) -> FrontendConfig:
@@ -57,8 +59,9 @@ def frontend_config(args: argparse.Namespace, **overrides) -> FrontendConfig:
     values = dict(nats=nats_config(args) if hasattr(args, "nats_url") else None, namespace=args.namespace,
                   host=args.host, port=args.port, router_mode=args.router_mode, router_url=args.router_url,
                   api_key=args.api_key, media_dir=args.media_dir, request_timeout_s=args.request_timeout_s,
-                  video_timeout_s=args.video_timeout_s,
-                  max_body_bytes=args.max_body_bytes)
+                  max_body_bytes=args.max_body_bytes, video_timeout_s=args.video_timeout_s,
+                  media=media_from_env(allowed_hosts=args.media_allowed_hosts, max_bytes=args.media_max_bytes,
+                                       max_pixels=args.media_max_pixels, timeout_s=args.media_timeout_s))
     return from_env(FrontendConfig, **{**values, **overrides})
 
 
@@ -67,11 +70,41 @@ def add_worker_flags(parser: argparse.ArgumentParser) -> None:
     add_nats_flags(parser)
     parser.add_argument("--worker-id", help="stable worker id (default: random)")
     parser.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds")
-    parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM")
+    add_drain_flag(parser)
+    parser.add_argument("--nats-give-up-after", type=float, dest="nats_give_up_after",
+                        help="exit (code 3) when NATS stays unreachable this many seconds (env "
+                             "DIFFMESH_NATS_GIVE_UP_AFTER; default: retry forever)")
+    parser.add_argument("--health-port", type=int,
+                        help="serve GET /health (503 while NATS is unreachable or draining) and /live on this port "
+                             "(env DIFFMESH_HEALTH_PORT; default: none)")
+    parser.add_argument("--health-host", help="bind address of --health-port (env DIFFMESH_HEALTH_HOST, default 0.0.0.0)")
     parser.add_argument("--dry-run", action="store_true", help="build the engine's configuration and exit")
+
+
+def add_drain_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--drain-timeout", type=float,
+                        help="seconds in-flight requests get on SIGTERM before they are cut (env DIFFMESH_DRAIN_TIMEOUT, "
+                             "default 30); a second SIGTERM/SIGINT exits at once")
 
 
 def runtime_config(args: argparse.Namespace) -> RuntimeConfig:
     """RuntimeConfig from DIFFMESH_* variables, then the flags `add_worker_flags` defined."""
     return from_env(RuntimeConfig, nats=nats_config(args), namespace=args.namespace, worker_id=args.worker_id,
-                    heartbeat_s=args.heartbeat, drain_timeout_s=args.drain_timeout)
+                    heartbeat_s=args.heartbeat, drain_timeout_s=args.drain_timeout,
+                    nats_give_up_after_s=args.nats_give_up_after, health_port=args.health_port,
+                    health_host=args.health_host)
+
+
+def add_restart_flags(parser: argparse.ArgumentParser) -> None:
+    """How a supervisor restarts crashed children (`diffmesh up`); `restart_policy(args)` reads them back."""
+    group = parser.add_argument_group("restarts of crashed children (env DIFFMESH_RESTART_*)")
+    group.add_argument("--restart-backoff", type=float, help="seconds before the first restart, doubled per crash (default 1)")
+    group.add_argument("--restart-max-backoff", type=float, help="cap of the restart delay in seconds (default 30)")
+    group.add_argument("--max-crashes", type=int, help="give up (exit 5) after this many crashes of one child ... (default 5)")
+    group.add_argument("--crash-window", type=float, help="... within this many seconds (default 60)")
+
+
+def restart_policy(args: argparse.Namespace) -> RestartPolicy:
+    """RestartPolicy from DIFFMESH_RESTART_* variables (DIFFMESH_RESTART_MAX_CRASHES, ...), then the flags."""
+    return from_env(RestartPolicy, prefix=ENV_PREFIX + "RESTART_", backoff_s=args.restart_backoff,
+                    max_backoff_s=args.restart_max_backoff, max_crashes=args.max_crashes, window_s=args.crash_window)

@@ -37,10 +37,16 @@ class TextFormatter(logging.Formatter):
         return f"{text} [{request_id}]" if request_id else text
 
 
+def resolve_format(fmt: str) -> str:
+    """json | text; auto is text on a terminal, JSON otherwise (a launcher passes its own choice to its children)."""
+    if fmt == "auto":
+        return "text" if sys.stderr.isatty() else "json"
+    return fmt
+
+
 def configure(level: str = "INFO", fmt: str = "auto") -> None:
     """fmt: json | text | auto (text on a terminal, JSON otherwise)."""
-    if fmt == "auto":
-        fmt = "text" if sys.stderr.isatty() else "json"
+    fmt = resolve_format(fmt)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

@@ -37,6 +37,10 @@ class FrontendMetrics:
         self.images = Counter(f"{p}_images_generated", "Images returned", ["model"], registry=r)
         self.migrations = Counter(f"{p}_model_migration", "Requests re-sent to another worker", ["model", "migration_type"],
                                   registry=r)
+        self.embeddings = Counter(f"{p}_image_embeddings", "Chat image embeddings by encoder model and cache result",
+                                  ["model", "cache"], registry=r)
+        self.image_loads = Counter(f"{p}_image_loads", "Chat images loaded, by source (data, http) and whether decoded "
+                                   "or taken from the decoded-image cache", ["source", "result"], registry=r)
         self.router = RouterMetrics(r)
         self._per_model: dict[str, ModelMetrics] = {}
 
@@ -122,3 +126,33 @@ class RouterMetrics:
             self.prefill_rate.labels(s.worker_id).set(s.prefill.tokens_per_s)
             self.indexed_blocks.labels(s.worker_id).set(router.index.num_blocks(s.worker_id)
                                                         + router.approx.num_blocks(s.worker_id))
+
+
+class SupervisorMetrics:
+    """Restarts of the child processes a supervisor keeps running (`diffmesh up` puts these on the frontend's /metrics)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.restarts = Counter("diffmesh_process_restarts", "Child processes restarted after exiting on their own, "
+                                "by child (e.g. mocker-0) and exit reason (e.g. 'killed by SIGKILL', 'exit 1')",
+                                ["process", "reason"], registry=registry)
+
+
+ENCODE_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class EncoderMetrics:
+    """An encode worker's own registry, served by `diffmesh worker encode --metrics-port`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        r = self.registry = registry or CollectorRegistry()
+        p = "dynamo_encoder"
+        self.cache_lookups = Counter(f"{p}_embedding_cache_lookups", "Embedding cache lookups by result (hit, miss)",
+                                     ["result"], registry=r)
+        self.cache_evictions = Counter(f"{p}_embedding_cache_evictions", "Embeddings evicted for room", registry=r)
+        self.cache_bytes = Gauge(f"{p}_embedding_cache_bytes", "Bytes held by the embedding cache", registry=r)
+        self.cache_entries = Gauge(f"{p}_embedding_cache_entries", "Embeddings held by the embedding cache", registry=r)
+        self.images = Counter(f"{p}_images_encoded", "Images run through the vision tower", registry=r)
+        self.batch_size = Histogram(f"{p}_batch_size", "Images per vision forward", buckets=ENCODE_BATCH_BUCKETS,
+                                    registry=r)
+        self.forward = Histogram(f"{p}_forward_seconds", "Vision tower + projector time per batch",
+                                 buckets=LATENCY_BUCKETS, registry=r)

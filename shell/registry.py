@@ -39,7 +39,7 @@ async def _objects(js, ns: str, replicas: int = 1):
         return await js.create_object_store(bucket=subjects.files_bucket(ns), replicas=replicas)
 
 
-async def _retry(op, attempts: int = 40):
+async def retry(op, attempts: int = 40):
     """JetStream writes right after bucket creation can race the stream leader election (NoResponders)."""
     for attempt in range(attempts):
         try:
@@ -68,13 +68,13 @@ async def publish_model(nc: nats.NATS, ns: str, card: ModelCard, files: dict[str
     tokenizer = files.get("tokenizer.json")
     if tokenizer is not None:
         digest = hashlib.sha256(tokenizer).hexdigest()
-        store = await _retry(lambda: _objects(js, ns, replicas))
-        if not await _retry(lambda: _has_object(store, digest)):
-            await _retry(lambda: store.put(digest, tokenizer))
+        store = await retry(lambda: _objects(js, ns, replicas))
+        if not await retry(lambda: _has_object(store, digest)):
+            await retry(lambda: store.put(digest, tokenizer))
         updates = {"tokenizer_object": digest, "tokenizer_sha256": digest}
     card = msgspec.structs.replace(card, **updates)
-    kv = await _retry(lambda: _kv(js, ns, replicas))
-    await _retry(lambda: kv.put(card_key(card.name), event_encoder.encode(card)))
+    kv = await retry(lambda: _kv(js, ns, replicas))
+    await retry(lambda: kv.put(card_key(card.name), event_encoder.encode(card)))
     return card
 
 

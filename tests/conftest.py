@@ -1,4 +1,4 @@
-"""Session-wide real nats-server on a random port; each test gets its own subject namespace."""
+"""Session-wide real nats-server on a random port; each test gets its own subject namespace; tiny multimodal models."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import pytest_asyncio
 
 from shell.bus import EmbeddedNats
 from tests.meshkit import Mesh
+from workers.dllm.tiny import TinySpec, ensure_tiny_dllm
+from workers.encode.tiny import TinyEncoderSpec, ensure_tiny_encoder
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +24,15 @@ async def mesh(nats_server):
     m = Mesh(nats_server.url)
     yield m
     await m.close()
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory):
+    """Tiny CLIP vision tower + mlp2x_gelu projector to hidden 64 (the tiny dLLM's): 16 image tokens."""
+    return ensure_tiny_encoder(tmp_path_factory.mktemp("encode-models"), TinyEncoderSpec())
+
+
+@pytest.fixture(scope="session")
+def mm_dllm_dir(tmp_path_factory):
+    """Tiny block-causal dLLM (block 8) with an <|image|> placeholder of 16 rows."""
+    return ensure_tiny_dllm(tmp_path_factory.mktemp("mm-dllm"), TinySpec(block_size=8, context_length=512, image_tokens=16))

@@ -57,7 +57,9 @@ class Mesh:
                                 port=self.port, **overrides)
         self._frontend_stop, ready = asyncio.Event(), asyncio.Event()
         self._frontend_task = asyncio.create_task(run_frontend(config, ready=ready, stop=self._frontend_stop))
-        await ready.wait()
+        await asyncio.wait([self._frontend_task, asyncio.ensure_future(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if self._frontend_task.done():
+            self._frontend_task.result()  # raises what went wrong at startup
 
     async def add_worker(self, engine, heartbeat_s: float = 0.2, **runtime) -> InProcessWorker:
         """Serve `engine` in this process (real NATS) until the mesh stops."""

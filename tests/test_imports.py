@@ -10,7 +10,8 @@ LIGHT_MODULES = [
     "protocol.openai", "protocol.work", "protocol.events", "protocol.control", "protocol.kv", "protocol.routing",
     "protocol.subjects", "protocol.errors", "router.core", "router.service", "router.index", "router.policy",
     "frontend.app", "frontend.text", "frontend.images", "frontend.registry", "diffmesh.cli", "shell.flags", "shell.process", "workers.mocker", "workers.dllm", "workers.image", "workers.mocker.worker",
-    "workers.dllm.worker", "workers.image.worker", "workers.image.storage",
+    "workers.dllm.worker", "workers.image.worker", "workers.image.storage", "workers.encode", "workers.encode.worker",
+    "shell.images", "shell.blobs",
 ]
 
 

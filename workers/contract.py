@@ -14,10 +14,11 @@ from protocol.work import Chunk, Final, ImageOutput, WorkRequest
 class RequestContext:
     """Per-request handle shared with the engine; cancellation is visible from any thread."""
 
-    def __init__(self, request_id: str, worker_id: str, deadline: float | None):
+    def __init__(self, request_id: str, worker_id: str, deadline: float | None, blobs=None):
         self.request_id = request_id
         self.worker_id = worker_id
         self.deadline = deadline  # time.monotonic() seconds
+        self.blobs = blobs  # shell.blobs.BlobStore: payloads too large for one message (None outside a runtime)
         self._flag = threading.Event()
         self._event = asyncio.Event()
         self._callbacks: list = []

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 import time
 import uuid
@@ -22,24 +21,34 @@ from protocol.control import Cancel, ClearCache, ControlAck, DumpKv, KvDump, con
 from protocol.errors import EngineError, MeshError, Overloaded
 from protocol.events import Goodbye, Heartbeat, KvEvent, KvEventBatch, LoadReport, WorkerCard, event_encoder
 from protocol.work import Ack, Error, Final, WorkRequest, work_decoder, work_encoder
-from shell.bus import connect
+from shell.blobs import BlobStore
+from shell.bus import LinkWatch, close_bus, connect_unless
 from shell.config import RuntimeConfig
+from shell.health import start_health_server
 from shell.logs import request_id_var
+from shell.process import EXIT_BROKER_LOST, EXIT_DRAIN_TIMEOUT, EXIT_OK, install_stop_handlers
 from shell.registry import publish_model
 from workers.contract import KvEventSink, RequestContext, WorkerEngine
+from workers.drain import bounded, cancel_all, cut, wait_in_flight
 
 __all__ = ["KvEventSink", "RequestContext", "RuntimeConfig", "WorkerEngine", "WorkerRuntime", "serve"]
 
 log = logging.getLogger("diffmesh.worker")
+HARD_EXIT_GRACE_S = 20.0  # after SIGTERM a worker is gone by drain_timeout_s + this, whatever hangs
 
 
 class WorkerRuntime:
     """Serves one engine on the bus until `drain()`."""
 
-    def __init__(self, engine: WorkerEngine, config: RuntimeConfig, nc: nats.NATS):
+    def __init__(self, engine: WorkerEngine, config: RuntimeConfig, nc: nats.NATS, link: LinkWatch | None = None):
         self.engine = engine
         self.config = config
         self.nc = nc
+        if link is None:  # the caller connected without a watch: trust the connection as it is now
+            link = LinkWatch()
+            link.mark_up()
+        self.link = link
+        self.exit_code = EXIT_OK  # set by serve(): what the process's exit status should say
         self.worker_id = config.worker_id or f"{engine.component}-{uuid.uuid4().hex[:12]}"
         subjects.check_token(self.worker_id, "worker id")
         fields = engine.worker_card()
@@ -52,6 +61,7 @@ class WorkerRuntime:
             started_at=time.time(),
             **fields,
         )
+        self.blobs = BlobStore(nc, config.namespace, config.max_inline_bytes, config.js_replicas)
         self.contexts: dict[str, RequestContext] = {}
         self.num_active = 0
         self.num_waiting = 0
@@ -64,6 +74,7 @@ class WorkerRuntime:
         self._background: list[asyncio.Task] = []
         self._sink: KvEventSink | None = None
         self._draining = False
+        self._serving = False
         self._load_dirty = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -89,30 +100,42 @@ class WorkerRuntime:
             asyncio.create_task(self._load_loop()),
         ]
         await self.nc.flush()
+        self._serving = True
         log.info("worker %s serving %s (%s)", wid, self.card.model, self.card.component)
 
-    async def drain(self) -> None:
-        """Stop taking requests and say so in heartbeats, let in-flight ones finish (bounded), then say goodbye."""
+    async def drain(self, deadline: float | None = None) -> bool:
+        """Stop taking requests and say so, let in-flight ones finish until `deadline` (loop time; default
+        drain_timeout_s from now) or until NATS is gone, cut the rest, say goodbye. True if nothing was cut."""
         if self._draining:
-            return
+            return True
         self._draining = True
-        for sub in self._subs:
-            await sub.unsubscribe()
-        await self._publish_heartbeat()
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=self.config.drain_timeout_s)
+        deadline = asyncio.get_running_loop().time() + self.config.drain_timeout_s if deadline is None else deadline
+        for sub in self._subs:  # local at once; the server hears of it when connected
+            await bounded(sub.unsubscribe, "unsubscribe")
+        if self.link.is_up:
+            await bounded(self._publish_heartbeat, "draining heartbeat")
+        finished = await wait_in_flight(self._tasks, self.link, deadline)
+        if not finished:
+            log.warning("cutting %d in-flight requests (%s)", len(self._tasks),
+                        "NATS is unreachable" if not self.link.is_up else f"--drain-timeout {self.config.drain_timeout_s:g} s")
             for ctx in list(self.contexts.values()):
                 ctx.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=5)
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        await self._flush_kv()
-        await self._publish_event(subjects.heartbeat(self.config.namespace, self.worker_id), Goodbye(worker_id=self.worker_id))
-        await self._control_sub.unsubscribe()
-        await self.engine.stop()
-        await self.nc.flush()
+            await cut(self._tasks)
+        await cancel_all(self._background)
+        if self.link.is_up:
+            goodbye = Goodbye(worker_id=self.worker_id)
+            await bounded(self._flush_kv, "kv events")
+            await bounded(lambda: self._publish_event(subjects.heartbeat(self.config.namespace, self.worker_id), goodbye), "goodbye")
+            await bounded(self._control_sub.unsubscribe, "unsubscribe")
+        await bounded(self.engine.stop, "engine stop")
+        return finished
+
+    def health(self) -> dict:
+        """The worker's state for `GET /health`: healthy only while serving with NATS reachable."""
+        status = ("draining" if self._draining else "disconnected" if not self.link.is_up
+                  else "serving" if self._serving else "starting")
+        return {"healthy": status == "serving", "status": status, "nats": self.link.is_up, "worker_id": self.worker_id,
+                "model": self.card.model, "active": self.num_active, "waiting": self.num_waiting}
 
     # --- request plane --------------------------------------------------------------------------
 
@@ -124,12 +147,12 @@ class WorkerRuntime:
         except msgspec.DecodeError as exc:
             await self._reply(msg.reply, Error(request_id="", seq=0, code="invalid_request", message=f"bad work request: {exc}"))
             return
-        if self._draining or self.num_active + self.num_waiting >= self.card.capacity + self.card.max_queue:
-            error = Overloaded(f"worker {self.worker_id} is full", retry_after=1.0)
+        if self._draining or not self.link.is_up or self.num_active + self.num_waiting >= self.card.capacity + self.card.max_queue:
+            error = Overloaded(f"worker {self.worker_id} is {'full' if self.link.is_up else 'reconnecting'}", retry_after=1.0)
             await self._reply(msg.reply, _error_reply(request.request_id, 0, error))
             return
         deadline = time.monotonic() + request.deadline_s if request.deadline_s else None
-        ctx = RequestContext(request.request_id, self.worker_id, deadline)
+        ctx = RequestContext(request.request_id, self.worker_id, deadline, self.blobs)
         self.contexts[request.request_id] = ctx
         self.num_waiting += 1  # counted now: the next message's admission check must see it
         self._load_dirty.set()
@@ -276,23 +299,43 @@ def _error_reply(request_id: str, seq: int, exc: MeshError) -> Error:
 
 
 async def serve(engine: WorkerEngine, config: RuntimeConfig, *, ready: asyncio.Future | None = None,
-                stop: asyncio.Event | None = None) -> WorkerRuntime:
-    """Connect, register and serve until SIGTERM/SIGINT (or `stop`), then drain. `ready` gets the runtime."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread (tests run workers in-process)
-    nc = await connect(config.nats, name=f"diffmesh-{engine.component}")
-    runtime = WorkerRuntime(engine, config, nc)
+                stop: asyncio.Event | None = None) -> WorkerRuntime | None:
+    """Connect, register and serve until `stop` (default: SIGTERM/SIGINT; a second one exits at once), then drain,
+    bounded. `ready` gets the runtime; `runtime.exit_code` says how it ended (EXIT_BROKER_LOST once NATS stayed
+    unreachable past `nats_give_up_after_s`). None when stopped before NATS was reached."""
+    if stop is None:
+        stop = asyncio.Event()
+        install_stop_handlers(stop, hard_exit_after_s=config.drain_timeout_s + HARD_EXIT_GRACE_S)
+    link = LinkWatch(config.nats_give_up_after_s)
+    watch = asyncio.create_task(link.run())
     try:
+        nc = await connect_unless(stop, config.nats, f"diffmesh-{engine.component}", link)
+        if nc is None:
+            return None
+        runtime = WorkerRuntime(engine, config, nc, link)
+        await _serve_until(runtime, ready, stop)
+        return runtime
+    finally:
+        await cancel_all([watch])
+
+
+async def _serve_until(runtime: WorkerRuntime, ready: asyncio.Future | None, stop: asyncio.Event) -> None:
+    config, link = runtime.config, runtime.link
+    health = None
+    try:
+        if config.health_port is not None:
+            health = await start_health_server(config.health_host, config.health_port, runtime.health)
         await runtime.start()
         if ready is not None:
             ready.set_result(runtime)
-        await stop.wait()
-        await runtime.drain()
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(link.gave_up.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        await cancel_all(waits)
+        if link.gave_up.is_set():
+            log.error("NATS unreachable for %g s (--nats-give-up-after): exiting", config.nats_give_up_after_s)
+        finished = await runtime.drain()
+        runtime.exit_code = EXIT_BROKER_LOST if link.gave_up.is_set() else EXIT_OK if finished else EXIT_DRAIN_TIMEOUT
     finally:
-        await nc.drain()
-    return runtime
+        await close_bus(runtime.nc)
+        if health is not None:
+            await health.cleanup()

@@ -7,7 +7,8 @@ User classes (pick with --mix text|image|multimodal|all or a comma list of class
   CompletionUser      non-streamed /v1/completions
   TracePrefixUser     streamed completions replaying a Mooncake trace: prompts share prefixes where hash_ids do
   ImageUser           /v1/images/generations, b64_json, checks the PNG
-  MultimodalChatUser  streamed chat with an image_url part (needs a model that takes images)
+  MultimodalChatUser  streamed chat with an image_url part, on the first chat model whose /v1/models
+                      input_modalities include "image" (or --mm-model)
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def add_options(parser) -> None:
     group.add_argument("--mix", default="text", env_var="LOCUST_MIX", help="text|image|multimodal|all or Class,Class")
     group.add_argument("--chat-model", default="", env_var="LOCUST_CHAT_MODEL", help="default: first chat model listed")
     group.add_argument("--image-model", default="", env_var="LOCUST_IMAGE_MODEL", help="default: first image model")
-    group.add_argument("--mm-model", default="", env_var="LOCUST_MM_MODEL", help="multimodal chat model (default: chat)")
+    group.add_argument("--mm-model", default="", env_var="LOCUST_MM_MODEL",
+                       help="multimodal chat model (default: the first chat model that takes images)")
     group.add_argument("--max-tokens", type=int, default=32, env_var="LOCUST_MAX_TOKENS")
     group.add_argument("--think-time", type=float, default=0.0, env_var="LOCUST_THINK_TIME", help="seconds between tasks")
     group.add_argument("--trace-path", default=str(default_trace_path()), env_var="LOCUST_TRACE_PATH")
@@ -82,11 +84,15 @@ class MeshUser(FastHttpUser):
     def configured_model(self) -> str:
         return self.options.chat_model
 
+    def wants(self, model: dict) -> bool:
+        """Whether a /v1/models entry serves this user."""
+        return self.model_kind in model.get("kinds", [])
+
     def discover_model(self) -> str:
         with self.client.get("/v1/models", name="/v1/models", catch_response=True) as response:
-            models = [m["id"] for m in response.json().get("data", []) if self.model_kind in m.get("kinds", [])]
+            models = [m["id"] for m in response.json().get("data", []) if self.wants(m)]
             if not models:
-                response.failure(f"no model of kind {self.model_kind!r} is served")
+                response.failure(f"no model for {type(self).__name__} is served")
                 raise StopUser()
         return models[0]
 
@@ -197,7 +203,10 @@ class MultimodalChatUser(MeshUser):
     IMAGES = [base64.b64encode(tiny_png(rgb)).decode() for rgb in ((200, 30, 30), (30, 200, 30), (30, 30, 200))]
 
     def configured_model(self) -> str:
-        return self.options.mm_model or self.options.chat_model
+        return self.options.mm_model
+
+    def wants(self, model: dict) -> bool:
+        return "chat" in model.get("kinds", []) and "image" in model.get("input_modalities", [])
 
     @task
     def chat_with_image(self) -> None:

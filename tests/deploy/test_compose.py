@@ -72,7 +72,7 @@ def test_frontend_replicas_sit_behind_one_published_port():
 
 
 @pytest.mark.parametrize("file", FILES)
-@pytest.mark.parametrize("name", ["dllm", "image"])
+@pytest.mark.parametrize("name", ["dllm", "image", "encode"])
 def test_gpu_workers_reserve_a_gpu_and_read_checkpoints_from_a_read_only_mount(file, name):
     worker = _service(file, name)
     [device] = worker.gpu_devices()
@@ -99,10 +99,12 @@ def test_monitoring_profile_scrapes_the_frontends_and_provisions_the_dashboard()
     assert grafana.environment["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"].startswith(provider["options"]["path"])
 
 
-def test_mocker_profile_needs_no_gpu_and_encode_is_not_offered_yet():
+def test_mocker_profile_needs_no_gpu_and_the_encode_worker_is_an_opt_in_profile():
     mocker = _service("docker-compose.yml", "mocker")
     assert mocker.spec["profiles"] == ["mocker"] and not mocker.gpu_devices()
-    assert "encode" not in launch.WORKER_KINDS and not any(s.name == "encode" for s in ALL_SERVICES)
+    encode = _service("docker-compose.yml", "encode")
+    assert "encode" in launch.WORKER_KINDS and encode.spec["profiles"] == ["multimodal"]
+    assert _flag(encode.command, "worker") == "encode" and _flag(encode.command, "--max-batch") == "16"
 
 
 def test_router_override_adds_one_standalone_router_that_the_frontends_use():

@@ -7,7 +7,7 @@ only to itself (an all-False row would turn softmax into NaN).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,6 +24,7 @@ class Row:
     past: KV | None  # per layer [kv_heads, K, head_dim], final KV of positions [0, start)
     num_logits: int  # logits wanted, the last ones of the span
     keep_kv: int = 0  # positions at the start of the span whose KV becomes final (pending tokens)
+    embeds: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (offset in span, [n, hidden]): image rows
 
     @property
     def length(self) -> int:
@@ -42,6 +43,7 @@ class Batch:
     past: KV | None  # per layer [B, kv_heads, K, head_dim]
     num_logits: int
     keep_kv: bool
+    embeds: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)  # (row, column, [n, hidden]) overrides
 
 
 def plan_batches(rows: list[Row], max_batch: int, max_padding_ratio: float) -> list[list[int]]:
@@ -66,11 +68,13 @@ def build_batch(rows: list[Row], pad_id: int, device: torch.device) -> Batch:
     input_ids = torch.full((len(rows), max_len), pad_id, dtype=torch.long)
     position_ids = torch.zeros((len(rows), max_len), dtype=torch.long)
     real = torch.zeros((len(rows), max_len), dtype=torch.bool)
+    embeds = []
     for i, row in enumerate(rows):
         offset = max_len - row.length
         input_ids[i, offset:] = row.tokens
         position_ids[i, offset:] = torch.arange(row.start, row.start + row.length)
         real[i, offset:] = True
+        embeds.extend((i, offset + local, rows_embeds) for local, rows_embeds in row.embeds)
     mask = torch.cat([_past_mask(rows, max_len, max_past, real), _span_mask(rows, position_ids, real)], dim=-1)
     return Batch(
         input_ids=input_ids.to(device),
@@ -79,6 +83,7 @@ def build_batch(rows: list[Row], pad_id: int, device: torch.device) -> Batch:
         past=_pad_past(rows, max_past),
         num_logits=max(r.num_logits for r in rows),
         keep_kv=any(r.keep_kv for r in rows),
+        embeds=embeds,
     )
 
 

@@ -41,6 +41,9 @@ class DllmConfig:
     max_forward_passes: int | None = None  # per request; None = 2 x generated positions + 8
     max_padding_ratio: float = 2.0  # a batched forward may run at most this many times the real tokens
     seed: int = 0  # seeds requests that carry no seed, in arrival order
+    vision_encoder: str | None = None  # served name of the encode model whose embeddings fill the image placeholders
+    image_token_id: int | None = None  # None = config.json image_token_id / image_token_index
+    num_image_tokens: int | None = None  # placeholders per image; None = config.json image_seq_length / mm_tokens_per_image
 
     def __post_init__(self) -> None:
         for name in ("eos_ids", "suppress_ids"):  # env vars arrive as "1,2,3"
@@ -62,6 +65,8 @@ class DllmConfig:
         _require(self.max_forward_passes is None or self.max_forward_passes >= 1, "max_forward_passes", self.max_forward_passes)
         _require(self.max_padding_ratio >= 1.0, "max_padding_ratio", self.max_padding_ratio)
         _require(self.dtype in ("float32", "bfloat16", "float16", "auto"), "dtype", self.dtype)
+        _require(self.image_token_id is None or self.image_token_id >= 0, "image_token_id", self.image_token_id)
+        _require(self.num_image_tokens is None or self.num_image_tokens >= 1, "num_image_tokens", self.num_image_tokens)
 
 
 def _require(ok: bool, name: str, value) -> None:

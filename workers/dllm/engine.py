@@ -18,17 +18,20 @@ from pathlib import Path
 import torch
 
 from protocol.errors import InvalidRequest
+from protocol.kv import MmObject
 from protocol.work import DiffusionOptions, SamplingOptions
 from workers.dllm.batch import Row, build_batch, plan_batches, row_logits, row_new_kv
 from workers.dllm.cache import EventSink, PrefixCache
 from workers.dllm.config import DllmConfig, ModelLimits, resolve_params
 from workers.dllm.model import Denoiser, SpecialIds, load_model
+from workers.dllm.multimodal import ImageSpec, place_embeddings
 from workers.dllm.prefix import attach_prefix, store_final_blocks
 from workers.dllm.sampling import classifier_free_guidance
 from workers.dllm.sequence import Sequence, StepOutput, StepTrace
 
 OutputCallback = Callable[[StepOutput], None]
 Observer = Callable[[StepTrace], None]
+Images = list[tuple[MmObject, torch.Tensor]] | tuple  # (image, its embedding) per image of a prompt
 
 
 @dataclass
@@ -42,8 +45,10 @@ class _Slot:
 class DllmEngine:
     """Masked-diffusion generation with block KV cache, cross-request prefix cache, batching and streaming."""
 
-    def __init__(self, denoiser: Denoiser, tokenizer, special: SpecialIds, config: DllmConfig, block_size: int):
+    def __init__(self, denoiser: Denoiser, tokenizer, special: SpecialIds, config: DllmConfig, block_size: int,
+                 images: ImageSpec | None = None):
         self.denoiser = denoiser
+        self.images = images  # None: text only
         self.tokenizer = tokenizer
         self.special = special
         self.config = config
@@ -71,8 +76,8 @@ class DllmEngine:
     @classmethod
     def from_pretrained(cls, config: DllmConfig) -> DllmEngine:
         """Load tokenizer and denoiser from a local directory or hub id."""
-        denoiser, tokenizer, special, block_size = load_model(config)
-        return cls(denoiser, tokenizer, special, config, block_size)
+        denoiser, tokenizer, special, block_size, images = load_model(config)
+        return cls(denoiser, tokenizer, special, config, block_size, images)
 
     @property
     def model_name(self) -> str:
@@ -97,22 +102,28 @@ class DllmEngine:
         on_output: OutputCallback,
         is_cancelled: Callable[[], bool] | None = None,
         observer: Observer | None = None,
+        images: Images = (),
     ) -> None:
         """Queue a request; raises InvalidRequest (with its param path) before anything runs."""
-        seq = self.new_sequence(request_id, prompt_ids, sampling, diffusion)
+        seq = self.new_sequence(request_id, prompt_ids, sampling, diffusion, images)
         slot = _Slot(seq, on_output, is_cancelled or (lambda: False), observer)
         with self._cond:
             self._waiting.append(slot)
             self._cond.notify_all()
 
     def new_sequence(
-        self, request_id: str, prompt_ids: list[int], sampling: SamplingOptions, diffusion: DiffusionOptions | None
+        self, request_id: str, prompt_ids: list[int], sampling: SamplingOptions, diffusion: DiffusionOptions | None,
+        images: Images = (),
     ) -> Sequence:
+        """`images`: (MmObject, [placeholders, hidden] embedding) per image of the prompt."""
         prompt_ids = [int(t) for t in prompt_ids]
         if any(t < 0 or t >= self.vocab_size for t in prompt_ids):
             raise InvalidRequest(f"prompt token ids must be in [0, {self.vocab_size})", param="$.prompt")
         if any(t < 0 or t >= self.vocab_size for t in sampling.logit_bias):
             raise InvalidRequest(f"logit_bias token ids must be in [0, {self.vocab_size})", param="$.logit_bias")
+        mm_objects = [obj for obj, _ in images]
+        segments = place_embeddings(self.images, prompt_ids, mm_objects, [emb for _, emb in images],
+                                    self.denoiser.device, self.denoiser.dtype) if images else []
         params = resolve_params(sampling, diffusion, len(prompt_ids), self.limits)
         seed = params.seed if params.seed is not None else next(self._seeds)
         generator = torch.Generator(device=self.denoiser.device).manual_seed(seed)
@@ -125,6 +136,8 @@ class DllmEngine:
             decode=self._decode,
             generator=generator,
             max_forward_passes=self.config.max_forward_passes,
+            mm_objects=mm_objects,
+            mm_segments=segments,
         )
 
     def generate(
@@ -136,13 +149,14 @@ class DllmEngine:
         *,
         is_cancelled: Callable[[], bool] | None = None,
         observer: Observer | None = None,
+        images: Images = (),
     ) -> Iterator[StepOutput]:
         """Blocking stream of outputs; steps the engine inline when no engine thread runs."""
         outputs: queue.SimpleQueue[StepOutput] = queue.SimpleQueue()
         closed = threading.Event()
         self.submit(
             request_id, prompt_ids, sampling, diffusion, on_output=outputs.put,
-            is_cancelled=_either(closed, is_cancelled), observer=observer,
+            is_cancelled=_either(closed, is_cancelled), observer=observer, images=images,
         )  # fmt: skip
         try:
             while True:
@@ -164,6 +178,7 @@ class DllmEngine:
         diffusion: DiffusionOptions | None = None,
         *,
         is_cancelled: Callable[[], bool] | None = None,
+        images: Images = (),
     ) -> AsyncIterator[StepOutput]:
         """Async stream of outputs from the engine thread (started on first use)."""
         self.start()
@@ -173,7 +188,7 @@ class DllmEngine:
         self.submit(
             request_id, prompt_ids, sampling, diffusion,
             on_output=lambda out: loop.call_soon_threadsafe(outputs.put_nowait, out),
-            is_cancelled=_either(closed, is_cancelled),
+            is_cancelled=_either(closed, is_cancelled), images=images,
         )  # fmt: skip
         try:
             while True:
@@ -264,9 +279,8 @@ class DllmEngine:
             group_rows = [rows[i] for i in group]
             try:
                 batch = build_batch(group_rows, self.special.pad_id or 0, self.denoiser.device)
-                out, kv = self.denoiser.forward(
-                    batch.input_ids, batch.position_ids, batch.attention_mask, batch.past, batch.num_logits, batch.keep_kv
-                )
+                out, kv = self.denoiser.forward(batch.input_ids, batch.position_ids, batch.attention_mask, batch.past,
+                                                batch.num_logits, batch.keep_kv, batch.embeds)
             except Exception as exc:  # fail these requests, keep the engine alive
                 for i in group:
                     self._finish(owners[i], "error", error=exc)

@@ -39,10 +39,12 @@ class Denoiser:
         self.attention = attention
         self.context_length = context_length
         self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = next((name for name in ("cache", "past_key_values") if name in params), None)
         self._has_logits_to_keep = "logits_to_keep" in params
         self._has_position_ids = "position_ids" in params
+        self.takes_embeds = "inputs_embeds" in params  # images need it: their rows replace placeholder embeddings
         # transformers' own classes take 4-D boolean masks; remote code (LLaDA) expects [batch, keys] padding masks
         native = type(model).__module__.startswith("transformers.")
         self.mask_format = mask_format if mask_format != "auto" else ("4d" if native else "2d")
@@ -58,10 +60,11 @@ class Denoiser:
         past: KV | None,
         num_logits: int,
         keep_kv: bool,
+        embeds: list[tuple[int, int, torch.Tensor]] | None = None,  # (row, column, [n, hidden]) image embeddings
     ) -> tuple[torch.Tensor, KV | None]:
         """Run the model; logits are [batch, num_logits, vocab], kv (if keep_kv) covers past + input."""
         self.num_forwards += 1
-        kwargs: dict = {"input_ids": input_ids, "attention_mask": self._mask(attention_mask)}
+        kwargs: dict = {"attention_mask": self._mask(attention_mask), **self._inputs(input_ids, embeds)}
         if self._has_position_ids:
             kwargs["position_ids"] = position_ids
         cache = None
@@ -73,6 +76,17 @@ class Denoiser:
             kwargs["logits_to_keep"] = num_logits
         logits = self.model(**kwargs).logits[:, -num_logits:]
         return logits, (_cache_to_kv(cache) if keep_kv else None)
+
+    def _inputs(self, input_ids: torch.Tensor, embeds) -> dict:
+        """`input_ids`, or `inputs_embeds` with the image rows written over the placeholders' token embeddings."""
+        if not embeds:
+            return {"input_ids": input_ids}
+        if not self.takes_embeds:
+            raise ValueError(f"{type(self.model).__name__}.forward takes no inputs_embeds; it cannot take images")
+        inputs = self.model.get_input_embeddings()(input_ids)
+        for row, column, rows in embeds:
+            inputs[row, column : column + rows.shape[0]] = rows
+        return {"inputs_embeds": inputs}
 
     def _mask(self, mask: torch.Tensor) -> torch.Tensor | None:
         if self.mask_format == "4d":
@@ -91,7 +105,10 @@ def _cache_to_kv(cache) -> KV:
 
 
 def load_model(config: DllmConfig):
-    """Load tokenizer and denoiser through from_pretrained; return (Denoiser, tokenizer, SpecialIds, block_size)."""
+    """Load tokenizer and denoiser through from_pretrained; return (Denoiser, tokenizer, SpecialIds, block_size, ImageSpec
+    or None)."""
+    from workers.dllm.multimodal import image_spec
+
     from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -104,7 +121,9 @@ def load_model(config: DllmConfig):
     attention = detect_attention(model_config, is_masked_lm, config.attention)
     denoiser = Denoiser(model, attention, context_length(model_config, tokenizer), config.mask_format)
     block_size = config.block_size or getattr(model_config, "dllm_block_size", None) or DEFAULT_BLOCK_SIZE
-    return denoiser, tokenizer, special_ids(model_config, tokenizer, config), int(block_size)
+    hidden_size = model.get_input_embeddings().embedding_dim
+    images = image_spec(model_config, tokenizer, config, hidden_size) if denoiser.takes_embeds else None
+    return denoiser, tokenizer, special_ids(model_config, tokenizer, config), int(block_size), images
 
 
 def _load_weights(config: DllmConfig, model_config, is_masked_lm: bool):

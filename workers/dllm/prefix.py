@@ -17,7 +17,7 @@ def attach_prefix(cache: PrefixCache, seq: Sequence, block_size: int) -> None:
     if not is_cacheable(cache, seq, block_size):
         return
     num_full = seq.prompt_len // block_size
-    local = local_block_hashes(seq.tokens[: num_full * block_size].numpy(), block_size)
+    local = local_block_hashes(seq.tokens[: num_full * block_size].numpy(), block_size, seq.mm_objects)
     matched = cache.match(extend_chain(None, local))
     if not matched:
         return
@@ -31,7 +31,8 @@ def store_final_blocks(cache: PrefixCache, seq: Sequence, old_kv_len: int, block
     if not is_cacheable(cache, seq, block_size) or seq.kv_len <= old_kv_len:
         return
     first, last = len(seq.block_hashes), seq.kv_len // block_size
-    local = local_block_hashes(seq.tokens[first * block_size : last * block_size].numpy(), block_size)
+    local = local_block_hashes(seq.tokens[first * block_size : last * block_size].numpy(), block_size, seq.mm_objects,
+                               offset=first * block_size)
     parent = seq.block_hashes[-1] if seq.block_hashes else None
     chain = extend_chain(parent, local)
     blocks = []

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from protocol.kv import MmObject
 from protocol.work import Usage
 from workers.dllm.batch import Row
 from workers.dllm.config import RequestParams, canvas_length
 from workers.dllm.model import KV, SpecialIds
+from workers.dllm.multimodal import MmSegment, row_embeds
 from workers.dllm.sampling import StepResult, StepRule, block_steps, denoise_step, num_transfer_tokens, suppress
 from workers.textstream import TextStream
 
@@ -62,8 +64,12 @@ class Sequence:
         decode: Callable[[list[int]], str],
         generator: torch.Generator,
         max_forward_passes: int | None,
+        mm_objects: list[MmObject] = (),
+        mm_segments: list[MmSegment] = (),
     ):
         self.request_id = request_id
+        self.mm_objects = list(mm_objects)  # images, as the router hashes them (prefix-cache keys)
+        self.mm_segments = list(mm_segments)  # their embeddings at the placeholder positions
         self.params = params
         self.special = special
         self.attention = attention
@@ -128,8 +134,9 @@ class Sequence:
         self.prompt_tokens_computed += self.last_prompt_tokens_computed
         keep = self.block[0] - start if self.uses_cache else 0
         past = self.kv if self.uses_cache else None
-        rows = [Row(self.tokens[start:end], start, self.attention_grid(), past, self.num_logits(), keep)]
-        if self.params.cfg_scale > 0:
+        embeds = row_embeds(self.mm_segments, start, end)
+        rows = [Row(self.tokens[start:end], start, self.attention_grid(), past, self.num_logits(), keep, embeds)]
+        if self.params.cfg_scale > 0:  # unconditional: prompt masked, so no image either
             rows.append(Row(self.uncond_tokens(start, end), start, self.attention_grid(), None, self.num_logits()))
         return rows
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from workers.modelcache import ensure_built
 
 SPECIAL_TOKENS = [
     "[PAD]",
@@ -30,6 +31,7 @@ WORDS = (
     "user assistant system hello hi world cat dog red blue green big small good day yes no what how why "
     "one two three time people way water sun moon tree book city road light night house music"
 ).split()
+IMAGE_TOKEN = "<|image|>"  # multimodal tiny models: the placeholder a chat prompt carries per image
 CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-:;()")
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
@@ -53,6 +55,7 @@ class TinySpec:
     context_length: int = 2048
     head_scale: float = 1.0  # multiplies lm_head: >1 gives peaked ("confident") logits
     copy_offset: int = 8  # copy model: each position predicts the token this many positions back
+    image_tokens: int = 0  # > 0: multimodal, an <|image|> placeholder taking this many embedding rows per image
     seed: int = 0
 
     @property
@@ -61,29 +64,15 @@ class TinySpec:
         arch = f"copy{self.copy_offset}" if self.arch == "copy" else self.arch
         return (
             f"tiny-dllm-{arch}-{attention}-h{self.hidden_size}-l{self.num_layers}-b{self.block_size}"
-            f"-ctx{self.context_length}-x{self.head_scale:g}-s{self.seed}"
+            f"-ctx{self.context_length}-x{self.head_scale:g}{f'-img{self.image_tokens}' if self.image_tokens else ''}"
+            f"-s{self.seed}"
         )
 
 
 def ensure_tiny_dllm(cache_dir: str | os.PathLike, spec: TinySpec | None = None, **overrides) -> Path:
     """Return the directory of the tiny dLLM under `cache_dir`, building it on first use (idempotent)."""
     spec = spec or TinySpec(**overrides)
-    target = Path(cache_dir) / spec.dirname
-    if (target / BUILT_MARKER).exists():
-        return target
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_dir))
-    try:
-        build_tiny_dllm(staging, spec)
-        (staging / BUILT_MARKER).write_text(spec.dirname + "\n")
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first
-            if not (target / BUILT_MARKER).exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return ensure_built(cache_dir, spec.dirname, lambda staging: build_tiny_dllm(staging, spec))
 
 
 def build_tiny_dllm(directory: Path, spec: TinySpec) -> None:
@@ -92,7 +81,7 @@ def build_tiny_dllm(directory: Path, spec: TinySpec) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    tokenizer = build_tokenizer(directory)
+    tokenizer = build_tokenizer(directory, (IMAGE_TOKEN,) if spec.image_tokens else ())
     torch.manual_seed(spec.seed)
     model = build_copy_model(spec, tokenizer) if spec.arch == "copy" else _build_model(spec, tokenizer)
     if spec.head_scale != 1.0:
@@ -102,20 +91,26 @@ def build_tiny_dllm(directory: Path, spec: TinySpec) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def build_tokenizer(directory: Path, words: list[str] = WORDS, extra_special: tuple[str, ...] = ()):
+def build_tokenizer(directory: Path, extra_special: tuple[str, ...] = (), words: list[str] | None = None):
     """WordPiece tokenizer (BertTokenizer recipe) with a Llama-3-style chat template, saved and reloaded.
 
-    `extra_special` tokens (e.g. the `<image>` placeholder) get ids after the words and are never split.
+    `extra_special` tokens (the image placeholder) are never split. With `words` (the demo model's vocabulary,
+    workers/dllm/train.py) the ids run specials, words, characters, pieces, then the extra specials; without, the
+    tiny models' order: specials (extra ones included), WORDS, characters, pieces.
     """
     from transformers import AutoTokenizer, BertTokenizer
 
     with tempfile.TemporaryDirectory() as vocab_dir:
         pieces = ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
-        lines = SPECIAL_TOKENS + list(words) + CHARS + pieces + list(extra_special)
+        specials = SPECIAL_TOKENS + list(extra_special)
+        if words is None:
+            lines = specials + WORDS + CHARS + pieces
+        else:
+            lines = SPECIAL_TOKENS + list(words) + CHARS + pieces + list(extra_special)
         Path(vocab_dir, "vocab.txt").write_text("\n".join(lines) + "\n")
         tokenizer = BertTokenizer.from_pretrained(
             vocab_dir,
-            additional_special_tokens=SPECIAL_TOKENS[5:] + list(extra_special),
+            additional_special_tokens=specials[5:],
             eos_token="<|endoftext|>",
             bos_token="[CLS]",
         )
@@ -131,6 +126,8 @@ def _build_model(spec: TinySpec, tokenizer):
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
+    if spec.image_tokens:  # LLaVA's config names: the placeholder id and the embedding rows per image
+        dllm_fields |= {"image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), "image_seq_length": spec.image_tokens}
     if spec.arch == "bert":
         from transformers import BertConfig, BertForMaskedLM
 

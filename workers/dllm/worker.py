@@ -10,15 +10,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from protocol.errors import EngineError, InvalidRequest
-from protocol.events import ModelCard
+from protocol.events import HealthCheck, ModelCard
 from protocol.kv import tokens_from_bytes, tokens_to_bytes
 from protocol.work import Chunk, Final, GenerateRequest, WorkRequest
 from workers.contract import KvEventSink, RequestContext
-from shell.config import MODEL_CACHE_DIR, from_env
+from shell.config import MODEL_CACHE_DIR, ConfigError, from_env
+from shell.images import solid_png_data_url
 from workers.dllm.config import DllmConfig
+from workers.encode.worker import DEFAULT_MODEL_NAME as TINY_ENCODER
 from workers.logprobs import LogprobBuffer
 
 DEFAULT_MODEL_NAME = "tiny-dllm"  # served name of the tiny default model `diffmesh up` builds
+DEMO_MODEL_NAME = "demo-dllm"  # served name of the trained demo model (--tiny demo)
+TINY_IMAGE_TOKENS = 16  # the tiny default takes images: 16 placeholders, the tiny CLIP encoder's patch count
 ENV_PREFIX = "DIFFMESH_DLLM_"
 
 
@@ -43,9 +47,13 @@ class DllmWorker:
         }
 
     def model_card(self) -> ModelCard:
-        tokenizer = self.engine.tokenizer
+        tokenizer, name, images = self.engine.tokenizer, self.engine.model_name, self.engine.images
+        multimodal = {}
+        if images is not None:
+            multimodal = dict(input_modalities=["text", "image"], image_token=images.token, image_token_id=images.token_id,
+                              num_image_tokens=images.num_tokens, vision_encoder=images.encoder)
         return ModelCard(
-            name=self.engine.model_name,
+            name=name,
             component=self.component,
             kinds=["chat", "completions"],
             block_size=self.engine.block_size,
@@ -56,6 +64,8 @@ class DllmWorker:
             defaults=self._defaults(),
             features=["logprobs", "logit_bias"],
             created=int(time.time()),
+            health_check=HealthCheck.chat(name, solid_png_data_url() if images is not None else None),
+            **multimodal,
         )
 
     def _defaults(self) -> dict[str, float | int | str | bool]:
@@ -92,14 +102,14 @@ class DllmWorker:
         """Stream one Chunk per forward pass that released text; end with one Final (all text if not streaming)."""
         if not isinstance(request, GenerateRequest):
             raise InvalidRequest("the dllm worker serves text generation only", param="$.model")
-        if request.mm_objects:
-            raise InvalidRequest("this model takes text only", param="$.messages")
         prompt = tokens_from_bytes(request.token_ids).tolist()
+        images = await self._images(request, ctx)
         held_text: list[str] = []
         held_ids: list[int] = []  # tokens behind text not yet sent
         logprobs = LogprobBuffer(request.sampling.logprobs or 0) if request.sampling.logprobs is not None else None
         outputs = self.engine.generate_async(
-            request.request_id, prompt, request.sampling, request.diffusion, is_cancelled=lambda: _gone(ctx)
+            request.request_id, prompt, request.sampling, request.diffusion, is_cancelled=lambda: _gone(ctx),
+            images=images,
         )
         async for out in outputs:
             held_ids.extend(out.token_ids)
@@ -135,6 +145,27 @@ class DllmWorker:
                 held_text.append(out.text)
 
 
+    async def _images(self, request: GenerateRequest, ctx: RequestContext) -> list:
+        """(MmObject, embedding tensor) per image, the embeddings read inline or from the Object Store."""
+        if not request.mm_objects:
+            return []
+        if self.engine.images is None:
+            raise InvalidRequest("this model takes text only", param="$.messages")
+        if len(request.mm_embeddings) != len(request.mm_objects):
+            raise InvalidRequest(f"{len(request.mm_objects)} images but {len(request.mm_embeddings)} embeddings",
+                                 param="$.messages")
+        from workers.tensors import tensor_from_bytes  # torch is loaded by now; keep the CLI import light
+
+        images = []
+        for obj, tensor in zip(request.mm_objects, request.mm_embeddings):
+            data = await ctx.blobs.unpack(tensor.data, tensor.object_name) if ctx.blobs is not None else tensor.data
+            try:
+                images.append((obj, tensor_from_bytes(tensor.dtype, tensor.shape, data)))
+            except ValueError as exc:
+                raise InvalidRequest(f"image embedding: {exc}", param="$.messages") from None
+        return images
+
+
 def _gone(ctx: RequestContext) -> bool:
     return ctx.is_cancelled() or (ctx.deadline is not None and time.monotonic() > ctx.deadline)
 
@@ -150,9 +181,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `diffmesh worker dllm`; each also reads DIFFMESH_DLLM_<FIELD> (e.g. DIFFMESH_DLLM_MAX_BATCH)."""
     group = parser.add_argument_group("dLLM model")
     group.add_argument("--model", help="checkpoint directory or hub id (default: --tiny)")
-    group.add_argument("--tiny", choices=["demo", "random"], default="demo",
-                       help="without --model: demo = the small model this repo trained and ships (answers templated "
-                            "prompts, see workers/dllm/demo_tasks.py); random = random weights, built on first run")
+    group.add_argument("--tiny", choices=["random", "demo"], default="random",
+                       help="without --model: random = the tiny multimodal model with random weights, built on first "
+                            "run (tiny-dllm); demo = the small text model this repo trained and ships (demo-dllm: "
+                            "answers templated prompts, see workers/dllm/demo_tasks.py)")
     group.add_argument("--served-model-name", help=f"name clients use (default: the directory name, or {DEFAULT_MODEL_NAME})")
     group.add_argument("--model-cache-dir", default=os.environ.get("DIFFMESH_MODEL_CACHE", MODEL_CACHE_DIR),
                        help="where the tiny default model is built (env DIFFMESH_MODEL_CACHE)")
@@ -166,6 +198,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mask-id", type=int, help="mask token id (default: config.json mask_token_id or the tokenizer's)")
     group.add_argument("--eos-ids", help="comma-separated ids that end the answer (default: EOS + end-of-turn tokens)")
     group.add_argument("--suppress-ids", help="comma-separated ids never generated (mask and pad always are)")
+    images = parser.add_argument_group("dLLM images (a checkpoint with an image placeholder token)")
+    images.add_argument("--vision-encoder", help=f"served name of the encode worker model whose embeddings fill the "
+                                                 f"placeholders (the tiny default model: {TINY_ENCODER}); unset = text only")
+    images.add_argument("--image-token-id", type=int, help="placeholder id (default: config.json image_token_id)")
+    images.add_argument("--image-tokens", type=int, dest="num_image_tokens",
+                        help="placeholders per image (default: config.json image_seq_length)")
     decoding = parser.add_argument_group("dLLM decoding defaults (per request: nvext.steps, block_length, threshold)")
     decoding.add_argument("--block-size", type=int, help="block length and KV block size (default: config.json or 32)")
     decoding.add_argument("--steps", type=int, help="denoising steps (default: one token per step)")
@@ -182,6 +220,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_engine(args: argparse.Namespace) -> DllmWorker:
     """Load the model named by the flags (building the tiny default on first run) and wrap it for the bus."""
+    model = args.model or os.environ.get(ENV_PREFIX + "MODEL")
+    if model and model.startswith((".", "/", "~")) and not Path(model).expanduser().is_dir():
+        raise ConfigError(f"--model {model!r} (or {ENV_PREFIX}MODEL): no such directory")  # before torch loads
     import torch
 
     from workers.dllm.engine import DllmEngine
@@ -195,12 +236,16 @@ def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None
     """Defaults, then DIFFMESH_DLLM_* env vars, then flags; no --model means the tiny default model."""
     env = os.environ if env is None else env
     model, name = args.model or env.get(ENV_PREFIX + "MODEL"), args.served_model_name
+    vision_encoder = getattr(args, "vision_encoder", None)
     if model is None:
-        from workers.dllm.tiny import DEMO_MODEL_DIR, ensure_tiny_dllm
+        from workers.dllm.tiny import DEMO_MODEL_DIR, TinySpec, ensure_tiny_dllm
 
-        tiny = getattr(args, "tiny", "demo")
-        model = str(DEMO_MODEL_DIR if tiny == "demo" else ensure_tiny_dllm(Path(args.model_cache_dir).expanduser()))
-        name = name or DEFAULT_MODEL_NAME
+        if getattr(args, "tiny", "random") == "demo":  # text only: its <image> token waits for a trained projector
+            model, name = str(DEMO_MODEL_DIR), name or DEMO_MODEL_NAME
+        else:
+            model = str(ensure_tiny_dllm(Path(args.model_cache_dir).expanduser(), TinySpec(image_tokens=TINY_IMAGE_TOKENS)))
+            name = name or DEFAULT_MODEL_NAME
+            vision_encoder = vision_encoder or env.get(ENV_PREFIX + "VISION_ENCODER") or TINY_ENCODER
     device = args.device or env.get(ENV_PREFIX + "DEVICE") or _default_device()
     return from_env(
         DllmConfig, env, prefix=ENV_PREFIX, model=model, served_model_name=name, trust_remote_code=args.trust_remote_code,
@@ -209,6 +254,8 @@ def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None
         default_use_cache=None if args.no_cache is None else not args.no_cache, mask_id=args.mask_id,
         eos_ids=args.eos_ids, suppress_ids=args.suppress_ids, max_batch=args.max_batch, max_queue=args.max_queue,
         max_cache_blocks=args.cache_blocks, max_forward_passes=args.max_forward_passes, seed=args.seed,
+        vision_encoder=vision_encoder, image_token_id=getattr(args, "image_token_id", None),
+        num_image_tokens=getattr(args, "num_image_tokens", None),
     )  # fmt: skip
 
 

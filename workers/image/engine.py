@@ -16,7 +16,7 @@ import torch
 
 from protocol.errors import DeadlineExceeded, EngineError, InvalidRequest, MeshError, PayloadTooLarge
 from protocol.work import Final, ImageOutput, ImageRequest, Usage
-from workers.image.batcher import Batcher
+from workers.batcher import Batcher
 from workers.image.encode import encode_image
 from workers.image.invariant import batch_invariant
 from workers.image.jobs import Done, Encoded, Failed, Job, StepMonitor, Stopped

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shell.config import MODEL_CACHE_DIR, from_env
 from protocol.errors import InvalidRequest
-from protocol.events import ModelCard
+from protocol.events import HealthCheck, ModelCard
 from protocol.work import Final, ImageOutput, ImageRequest, VideoRequest, WorkRequest
 from workers.contract import KvEventSink, RequestContext
 from workers.image.storage import DEFAULT_STORAGE_URL, StorageConfig
@@ -64,6 +64,7 @@ class ImageWorker:
             output_modalities=["video"] if self.is_video else ["image"],
             defaults=self._defaults(),
             created=int(time.time()),
+            health_check=HealthCheck.images(self.model_name, self._defaults()["size"]),
         )
 
     def _defaults(self) -> dict[str, float | int | str | bool]:

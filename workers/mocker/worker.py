@@ -8,7 +8,7 @@ import math
 import time
 
 from protocol.errors import InvalidRequest
-from protocol.events import ModelCard
+from protocol.events import HealthCheck, ModelCard
 from protocol.kv import sequence_block_hashes, tokens_from_bytes, tokens_to_bytes
 from protocol.work import Chunk, Final, GenerateRequest, Usage
 from workers.mocker.engine import MockerConfig, MockerScheduler, MockSequence, simulated_seconds, token_seed
@@ -47,7 +47,8 @@ class MockerEngine:
     def model_card(self) -> ModelCard:
         return ModelCard(name=self.model, component=self.component, kinds=["chat", "completions"], block_size=self.config.block_size,
                          context_length=self.config.context_length, chat_template=CHAT_TEMPLATE, bos_token=BOS, eos_token=EOS,
-                         defaults={"max_tokens": self.default_max_tokens}, features=["logprobs"], created=int(time.time()))
+                         defaults={"max_tokens": self.default_max_tokens}, features=["logprobs"], created=int(time.time()),
+                         health_check=HealthCheck.chat(self.model))
 
     def model_files(self) -> dict[str, bytes]:
         return {"tokenizer.json": self.tokenizer.to_str().encode()}

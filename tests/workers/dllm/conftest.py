@@ -16,12 +16,8 @@ CHAT = [{"role": "user", "content": "hello world what is the red cat"}]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run faster and steadier on one intra-op thread (a shared 2-core VM); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def torch_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +76,7 @@ class FixedLogitsDenoiser:
         self.num_forwards = 0
         self._logits_at = logits_at
 
-    def forward(self, input_ids, position_ids, attention_mask, past, num_logits, keep_kv):
+    def forward(self, input_ids, position_ids, attention_mask, past, num_logits, keep_kv, embeds=None):
         self.num_forwards += 1
         return self._logits_at(position_ids[:, -num_logits:]), None
 

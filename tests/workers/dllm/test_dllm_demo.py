@@ -52,12 +52,11 @@ def test_demo_tokenizer_has_one_image_placeholder_token(demo_engine):
     assert "<image>" in tokenizer.all_special_tokens
 
 
-def test_the_worker_serves_the_demo_without_model_and_random_on_request(tmp_path):
+def test_the_worker_serves_the_shipped_demo_with_tiny_demo(tmp_path):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    assert config_from_args(parser.parse_args(["--model-cache-dir", str(tmp_path)]), env={}).model == str(DEMO_MODEL_DIR)
-    random = config_from_args(parser.parse_args(["--model-cache-dir", str(tmp_path), "--tiny", "random"]), env={})
-    assert random.model.startswith(str(tmp_path)) and random.served_model_name == "tiny-dllm"
+    demo = config_from_args(parser.parse_args(["--model-cache-dir", str(tmp_path), "--tiny", "demo"]), env={})
+    assert demo.model == str(DEMO_MODEL_DIR) and demo.served_model_name == "demo-dllm" and not list(tmp_path.iterdir())
 
 
 def test_the_training_script_writes_a_loadable_checkpoint(tmp_path):

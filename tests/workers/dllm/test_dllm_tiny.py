@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from protocol.work import DiffusionOptions, SamplingOptions
-from workers.dllm.tiny import BUILT_MARKER, TinySpec, ensure_tiny_dllm
+from workers.dllm.tiny import TinySpec, ensure_tiny_dllm
+from workers.modelcache import BUILT_MARKER
 
 
 def test_ensure_tiny_dllm_builds_once_and_reuses_the_directory(tmp_path):

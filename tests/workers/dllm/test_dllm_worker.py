@@ -67,9 +67,11 @@ async def test_invalid_diffusion_parameter_raises_with_its_path(worker, prompt_i
 def test_cli_flags_map_onto_the_engine_config(tmp_path):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--model", str(tmp_path), "--threshold", "0.9", "--eos-ids", "7,8", "--max-batch", "4"])
-    config = config_from_args(args, env={"DIFFMESH_DLLM_MAX_QUEUE": "3"})
+    args = parser.parse_args(["--model", str(tmp_path), "--threshold", "0.9", "--eos-ids", "7,8", "--max-batch", "4",
+                              "--vision-encoder", "enc", "--image-tokens", "4"])
+    config = config_from_args(args, env={"DIFFMESH_DLLM_MAX_QUEUE": "3", "DIFFMESH_DLLM_IMAGE_TOKEN_ID": "5"})
     assert (config.default_threshold, config.eos_ids, config.max_batch, config.max_queue) == (0.9, (7, 8), 4, 3)
+    assert (config.vision_encoder, config.num_image_tokens, config.image_token_id) == ("enc", 4, 5)
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
-"""Groups compatible queued jobs into one pipeline call and runs calls one at a time on a worker thread.
+"""Groups compatible queued jobs into one model call and runs calls one at a time on a worker thread.
 
+Shared by the image worker (pipeline calls) and the encode worker (vision-tower forwards), whose jobs come from
+different requests: whatever queued while a call ran goes into the next one.
 Pure asyncio, no torch: the engine supplies `run_batch`, which executes on the given executor, never on the loop.
 A batch is the oldest queued job plus the later ones with the same batch key, in arrival order, up to
 `max_images` images (a single job with more images than that still runs, alone).
@@ -36,6 +38,7 @@ class Batcher:
         self.wait_s = wait_s  # how long an idle batcher waits for companions before the first call
         self.pending: list[J] = []
         self.num_batches = 0
+        self.num_submitted = 0  # jobs ever submitted
         self.batch_sizes: list[int] = []  # images per pipeline call, in order (for tests and benchmarks)
         self._runner: asyncio.Task | None = None
 
@@ -46,6 +49,7 @@ class Batcher:
     def submit(self, job: J) -> None:
         """Queue a job; starts the runner if idle (it picks up everything queued in the same loop tick)."""
         self.pending.append(job)
+        self.num_submitted += 1
         if self._runner is None or self._runner.done():
             self._runner = asyncio.get_running_loop().create_task(self._run())
 

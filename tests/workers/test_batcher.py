@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from workers.image.batcher import Batcher
+from workers.batcher import Batcher
 
 
 class FakeJob:
