@@ -25,6 +25,7 @@ from shell.metrics import FrontendMetrics, SupervisorMetrics
 from shell.process import EXIT_BROKER_LOST, EXIT_GAVE_UP, EXIT_OK, StartupError, run, run_until_signal, tune_gc
 from shell.supervise import ChildSpec, RestartPolicy, Supervisor
 
+SECRET_ARGS = {"nats_password", "nats_token", "api_key"}  # never printed (dry runs) or logged
 UP_WAIT_S = 300.0  # first run builds the tiny models
 CHILD_STOP_GRACE_S = 10.0  # `up` SIGKILLs a worker still running drain timeout + this after its SIGTERM
 SHUTDOWN_WATCHDOG_S = 90.0  # a frontend (in-flight HTTP: aiohttp waits up to 60 s) or router is gone this long after SIGTERM
@@ -42,9 +43,11 @@ def available_kinds() -> dict[str, object]:
 def frontend(args: argparse.Namespace, config: FrontendConfig) -> int:
     """`diffmesh frontend`: serve HTTP until SIGINT/SIGTERM."""
     import frontend as component
+    from frontend.auth import load_api_keys
 
     if args.dry_run:
         print(config)
+        print(f"api keys: {len(load_api_keys(config))} (never shown)")
         return 0
     tune_gc()
     run_until_signal(lambda stop: component.serve(config, stop=stop), hard_exit_after_s=SHUTDOWN_WATCHDOG_S)
@@ -55,7 +58,7 @@ def worker(args: argparse.Namespace, config: RuntimeConfig, kind) -> int:
     """`diffmesh worker <kind>`: build the engine and serve it until SIGTERM (drain) or SIGINT; the exit code."""
     if args.dry_run:
         print(config)
-        print(vars(args))
+        print({k: "<redacted>" if k in SECRET_ARGS and v else v for k, v in vars(args).items()})
         return 0
     return run(_serve_worker(kind, config, args))
 

@@ -10,12 +10,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from frontend import images, models, text, videos
+from frontend.auth import auth_middleware
+from frontend.limits import Admission, admission_middleware
 from frontend.bus import Requester
 from frontend.errors import error_response
 from frontend.openapi import build_openapi
 from frontend.registry import ModelRegistry
 from frontend.state import STATE, AppState, new_request_id
-from protocol.errors import MeshError, NotFound, Unauthorized
+from protocol.errors import MeshError, NotFound
 from router.service import build_router_service
 from shell.blobs import BlobStore
 from shell.bus import close_bus, connect
@@ -27,6 +29,7 @@ from shell.process import cannot_listen
 
 log = logging.getLogger("diffmesh.frontend")
 NC: web.AppKey[nats.NATS] = web.AppKey("diffmesh_nc", nats.NATS)
+ADMISSION: web.AppKey[Admission] = web.AppKey("diffmesh_admission", Admission)
 
 
 @web.middleware
@@ -69,27 +72,17 @@ def _safe_id(value: str | None) -> str | None:
     return None
 
 
-def auth_middleware(api_key: str | None):
-    @web.middleware
-    async def check(request: web.Request, handler):
-        if api_key and request.path.startswith("/v1/") and not request.path.startswith("/v1/files/"):
-            if request.headers.get("Authorization", "") != f"Bearer {api_key}":
-                return error_response(Unauthorized("missing or wrong API key"))
-        return await handler(request)
-
-    return check
-
-
 async def live(request: web.Request) -> web.Response:
     return web.json_response({"status": "live"})
 
 
 async def health(request: web.Request) -> web.Response:
-    state, nc = request.app[STATE], request.app[NC]
+    state, nc, admission = request.app[STATE], request.app[NC], request.app[ADMISSION]
     models = state.registry.live_models()
     body = {"status": "healthy" if nc.is_connected else "unhealthy", "nats": nc.is_connected,
             "models": {name: [w.worker_id for w in ws] for name, ws in models.items()},
-            "in_flight": state.requester.num_in_flight}
+            "in_flight": state.requester.num_in_flight, "admitted": admission.num_inflight,
+            "admitted_peak": admission.peak, "max_inflight": admission.max_inflight, "turned_away": admission.num_rejected}
     return web.json_response(body, status=200 if nc.is_connected else 503)
 
 
@@ -113,14 +106,23 @@ def _refresh_router_gauges(state: AppState) -> None:
         m.workers.labels(name).set(len(workers))
 
 
+def _count_rejected(request: web.Request, response: web.Response) -> None:
+    endpoint = request.path.removeprefix("/v1/").replace("/", "_")
+    request.app[STATE].metrics.model("unknown").request_done(endpoint, "unary", str(response.status))
+
+
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(build_openapi())
+    state = request.app[STATE]
+    return web.json_response(build_openapi(limits=state.config.limits, models=list(state.registry.live_models())))
 
 
 def build_app(config: FrontendConfig, exported: FrontendMetrics | None = None) -> web.Application:
     """The app; `exported` lets a launcher put its own metrics (e.g. process restarts) on this /metrics."""
-    app = web.Application(middlewares=[request_id_middleware, errors_middleware, auth_middleware(config.api_key)],
+    admission = Admission(config.max_inflight)
+    app = web.Application(middlewares=[request_id_middleware, errors_middleware, auth_middleware(config),
+                                       admission_middleware(admission, _count_rejected)],
                           client_max_size=config.max_body_bytes)
+    app[ADMISSION] = admission
     app.router.add_post("/v1/chat/completions", text.chat_completions)
     app.router.add_post("/v1/completions", text.completions)
     app.router.add_post("/v1/images/generations", images.generations)
@@ -147,7 +149,7 @@ def _bus_context(config: FrontendConfig, exported: FrontendMetrics | None):
     async def context(app: web.Application):
         nc = await connect(config.nats, name="diffmesh-frontend")
         router_service = build_router_service(nc, config.namespace, config.router_mode, config.router_url)
-        requester = Requester(nc, config.namespace)
+        requester = Requester(nc, config.namespace, stall_s=config.stall_timeout_s)
         registry = ModelRegistry(nc, config.namespace, router_service.router.live_workers)
         router_service.on_worker_lost(requester.fail_worker)
         await requester.start()

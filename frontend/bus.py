@@ -13,30 +13,48 @@ from nats.aio.msg import Msg
 
 from protocol import subjects
 from protocol.control import Cancel, control_encoder
-from protocol.errors import DeadlineExceeded, MeshError, WorkerLost, WorkerUnavailable
+from protocol.errors import DeadlineExceeded, MeshError, ShuttingDown, WorkerLost, WorkerUnavailable
 from protocol.work import Reply, is_terminal, reply_decoder
 
 NO_RESPONDERS = "503"
 
 
 class ReplyStream:
-    """Replies of one request in seq order; raises instead of hanging when the worker fails."""
+    """Replies of one request in seq order; raises instead of hanging when the worker fails.
 
-    def __init__(self, request_id: str, worker_id: str, deadline: float):
+    Workers send something at least every `keepalive_s` (runtime), so a stream quiet for `stall_s` lost its worker
+    or its messages (a NATS node went away): it ends with WorkerLost, which the frontend migrates.
+    """
+
+    def __init__(self, request_id: str, worker_id: str, deadline: float, stall_s: float = 0.0):
         self.request_id = request_id
         self.worker_id = worker_id
         self.deadline = deadline  # time.monotonic() seconds
+        self.stall_s = stall_s  # 0 = no watchdog
         self._items: deque = deque()
         self._waiter: asyncio.Future | None = None
         self._next_seq = 0
         self.done = False
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
+        self._last = loop.time()  # when the worker last sent anything
         self._timer = loop.call_at(loop.time() + max(deadline - time.monotonic(), 0.0), self._expire)
+        self._watchdog = loop.call_at(self._last + stall_s, self._check_stall) if stall_s > 0 else None
 
     def _expire(self) -> None:
         self.push(DeadlineExceeded(f"no reply from worker {self.worker_id} within the request deadline"))
 
+    def _check_stall(self) -> None:
+        if self.done:
+            return
+        quiet = self._loop.time() - self._last
+        if quiet >= self.stall_s:
+            self.push(WorkerLost(f"worker {self.worker_id} sent nothing for {quiet:.1f} s"))
+        else:
+            self._watchdog = self._loop.call_at(self._last + self.stall_s, self._check_stall)
+
     def push(self, item: bytes | MeshError) -> None:
+        if isinstance(item, bytes):
+            self._last = self._loop.time()
         self._items.append(item)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -70,14 +88,17 @@ class ReplyStream:
     def close(self) -> None:
         self.done = True
         self._timer.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
 
 
 class Requester:
     """Publishes work with a reply subject under this process's inbox and routes replies to their streams."""
 
-    def __init__(self, nc: nats.NATS, namespace: str, requester_id: str | None = None):
+    def __init__(self, nc: nats.NATS, namespace: str, requester_id: str | None = None, stall_s: float = 0.0):
         self.nc = nc
         self.ns = namespace
+        self.stall_s = stall_s  # see ReplyStream
         self.requester_id = requester_id or uuid.uuid4().hex[:16]
         self._streams: dict[str, ReplyStream] = {}
         self._sub = None
@@ -89,7 +110,7 @@ class Requester:
         if self._sub is not None:
             await self._sub.unsubscribe()
         for stream in list(self._streams.values()):
-            stream.push(WorkerLost("frontend shutting down"))
+            stream.push(ShuttingDown("frontend shutting down", retry_after=1.0))
 
     async def _on_reply(self, msg: Msg) -> None:
         request_id = msg.subject.rsplit(".", 1)[-1]
@@ -103,9 +124,12 @@ class Requester:
 
     async def send(self, subject: str, request_id: str, payload: bytes, worker_id: str, timeout_s: float) -> ReplyStream:
         """Publish one work request; its replies arrive on the returned stream."""
-        stream = ReplyStream(request_id, worker_id, time.monotonic() + timeout_s)
+        stream = ReplyStream(request_id, worker_id, time.monotonic() + timeout_s, self.stall_s)
         self._streams[request_id] = stream
-        await self.nc.publish(subject, payload, reply=subjects.reply_subject(self.requester_id, request_id))
+        try:
+            await self.nc.publish(subject, payload, reply=subjects.reply_subject(self.requester_id, request_id))
+        except nats.errors.Error as exc:  # closed, or the reconnect buffer is full: another try may go through
+            stream.push(WorkerUnavailable(f"request not sent to {worker_id}: {type(exc).__name__}", retry_after=1.0))
         return stream
 
     def close(self, request_id: str) -> None:
@@ -120,8 +144,11 @@ class Requester:
                 stream.push(WorkerLost(f"worker {worker_id} went away mid-request"))
 
     async def cancel(self, worker_id: str, request_id: str) -> None:
-        """Tell the worker to stop (client disconnected); fire-and-forget."""
-        await self.nc.publish(subjects.control(self.ns, worker_id), control_encoder.encode(Cancel(request_id=request_id)))
+        """Tell the worker to stop (client disconnected, or the request moved on); fire-and-forget."""
+        try:
+            await self.nc.publish(subjects.control(self.ns, worker_id), control_encoder.encode(Cancel(request_id=request_id)))
+        except nats.errors.Error:
+            pass  # the bus is down: the worker's own deadline ends the work
 
     @property
     def num_in_flight(self) -> int:

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import base64
+import secrets
 import time
 
-import msgspec
 import numpy as np
 from aiohttp import web
 
 from shell.logs import request_id_var
 from frontend.capabilities import check_image
-from frontend.errors import envelope, error_response, from_validation
+from frontend.errors import decode_body, envelope, error_response
+from frontend.limits import check_image_limits
 from frontend.state import STATE, AppState, Dispatched, new_request_id, raise_if_error, read_body, serve_request
 from frontend.text import DONE, SSE_HEADERS
 from frontend.uploads import Form, convert_form, file_param, read_form
-from protocol.errors import InvalidRequest, MeshError
+from protocol.errors import InvalidRequest, MeshError, ModelNotFound
 from protocol.openai import json_encoder
 from protocol.openai_images import (
     ImageCompletedEvent, ImageData, ImageEditCompletedEvent, ImageEditPartialEvent, ImageEditRequest,
@@ -43,8 +44,8 @@ async def _handle(request: web.Request, endpoint: str, parse) -> web.StreamRespo
         req, extra = await parse(request, state)
         entry = await state.registry.get(pick_model(state, req.model, "images"))
         model = entry.card.name  # a label only once the model is known: client strings must not grow /metrics
-        if "images" not in entry.card.kinds:
-            raise InvalidRequest(f"model {model!r} does not generate images", param="$.model")
+        if "images" not in entry.card.kinds:  # not found for this endpoint, as OpenAI answers
+            raise ModelNotFound(f"model {model!r} does not generate images", param="$.model")
         check_image(req, entry.card)
         work = build_image_request(req, model, new_request_id(request_id_var.get() or "img"), **extra)
     except MeshError as exc:
@@ -55,11 +56,8 @@ async def _handle(request: web.Request, endpoint: str, parse) -> web.StreamRespo
 
 
 async def _parse_generation(request: web.Request, state: AppState) -> tuple[ImageGenerationRequest, dict]:
-    body = await read_body(request, state.config.max_body_bytes)
-    try:
-        req = image_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise from_validation(exc) from None
+    req = decode_body(image_decoder, await read_body(request, state.config.max_body_bytes))
+    check_image_limits(req, state.config.limits)
     if req.nvext and req.nvext.strength is not None:
         raise InvalidRequest("strength applies to /v1/images/edits only", param="$.nvext.strength")
     return req, {}
@@ -68,6 +66,7 @@ async def _parse_generation(request: web.Request, state: AppState) -> tuple[Imag
 async def _parse_edit(request: web.Request, state: AppState) -> tuple[ImageEditRequest, dict]:
     form = await read_form(request, state.config.max_body_bytes)
     req = convert_form(form.fields, ImageEditRequest)
+    check_image_limits(req, state.config.limits)
     if "markup" in form.files:
         raise InvalidRequest("`markup` needs SVG output, which no diffmesh model writes", param="$.markup")
     unknown = sorted(set(form.files) - {"image", "mask"})
@@ -112,7 +111,9 @@ def pick_model(state: AppState, model: str | None, kind: str) -> str:
         return model
     names = [name for name, workers in state.registry.live_models().items()
              if workers[0].component == "image" and kind in (workers[0].kinds or ["images"])]
-    if len(names) != 1:
+    if not names:
+        raise ModelNotFound(f"no {kind[:-1]} model is served here", param="$.model")
+    if len(names) > 1:
         raise InvalidRequest(f"`model` is required when {len(names)} {kind} models are served", param="$.model")
     return names[0]
 
@@ -135,11 +136,17 @@ def build_image_request(req: ImageGenerationRequest | ImageEditRequest, model: s
     return ImageRequest(request_id=request_id, model=model, prompt=req.prompt, n=req.n or 1, width=width, height=height,
                         num_inference_steps=ext.num_inference_steps, quality=req.quality or "auto",
                         guidance_scale=ext.guidance_scale, negative_prompt=ext.negative_prompt,
-                        seed=ext.seed if ext.seed is not None else req.seed, output_format=output_format,
+                        seed=_seed(req, ext), output_format=output_format,
                         output_compression=req.output_compression, background=background,
                         response_format=req.response_format or "b64_json", user=req.safety_identifier or req.user,
                         stream=bool(req.stream), partial_images=req.partial_images or 0, step_cache=ext.step_cache,
                         **edit)
+
+
+def _seed(req: ImageGenerationRequest, ext: ImageNvExt) -> int:
+    """The request's seed, or one drawn here (not on the worker), so a request restarted elsewhere draws the same."""
+    seed = ext.seed if ext.seed is not None else req.seed
+    return secrets.randbits(63) if seed is None else seed
 
 
 def routing_tokens(work: ImageRequest) -> bytes:
@@ -186,9 +193,11 @@ async def _stream(request: web.Request, d: Dispatched, req: ImageRequest) -> web
     response = web.StreamResponse(headers={**SSE_HEADERS, "x-diffmesh-worker": d.decision.worker_id})
     await response.prepare(request)
     reply = d.first
+    sent: set[tuple[int, int | None]] = set()  # (index, partial_index): a restarted request sends them again
     try:
         while not isinstance(reply, Final):
-            if isinstance(reply, ImageOutput):
+            if isinstance(reply, ImageOutput) and (reply.index, reply.partial_index) not in sent:
+                sent.add((reply.index, reply.partial_index))
                 await response.write(_event(reply, req))
             reply = raise_if_error(await d.stream.next())
     except MeshError as exc:

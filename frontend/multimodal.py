@@ -14,7 +14,7 @@ import numpy as np
 
 from frontend.preprocess import ImagePart
 from frontend.registry import ModelEntry
-from frontend.state import AppState, dispatch, encode_for, first_error, raise_if_error, release
+from frontend.state import AppState, dispatch, first_error, raise_if_error, release
 from protocol.errors import EngineError, WorkerLost
 from protocol.kv import MmObject, tokens_to_bytes
 from protocol.routing import RouteRequest
@@ -59,10 +59,9 @@ async def encode_image(state: AppState, encoder: str, image: LoadedImage, num_to
 
 
 async def _collect_embedding(state: AppState, route: RouteRequest, work: EncodeRequest, encoder: str) -> EmbeddingOutput:
-    dispatched = await dispatch(state, route, lambda bus_id: encode_for(work, bus_id), encoder)
+    dispatched = await dispatch(state, route, work, encoder)
     output = None
     try:
-        state.router.on_first_token(dispatched.bus_id)
         reply = dispatched.first
         while not isinstance(reply, Final):
             if isinstance(reply, EmbeddingOutput):

@@ -7,6 +7,7 @@ import msgspec
 from protocol.openai import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, ErrorEnvelope, ModelInfo, ModelList
 from protocol.openai_images import ImageEditRequest, ImageGenerationRequest, ImagesResponse
 from protocol.openai_videos import Video, VideoCreateRequest
+from shell.config import RequestLimits
 
 REQUEST_TYPES = {
     "/v1/chat/completions": ChatCompletionRequest,
@@ -26,9 +27,15 @@ ERROR_STATUSES = ("400", "401", "404", "413", "502", "503", "504")
 MULTIPART = ("/v1/images/edits", "/v1/videos")  # form fields as the schema says, files beside them
 
 
-def build_openapi(version: str = "0.1.0") -> dict:
+def build_openapi(version: str = "0.1.0", limits: RequestLimits | None = None, models: list[str] = ()) -> dict:
+    """The API as this frontend serves it: its request limits as maxima, the models served now as examples."""
     types = [*REQUEST_TYPES.values(), *RESPONSE_TYPES.values(), ErrorEnvelope, ModelList, ModelInfo]
     schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    if limits is not None:
+        _add_limits(components, limits)
+    if models:
+        for name in ("ChatCompletionRequest", "CompletionRequest", "ImageGenerationRequest"):
+            components[name]["properties"]["model"]["examples"] = sorted(models)
     refs = dict(zip(types, schemas))
     error = {"description": "OpenAI error envelope", "content": {"application/json": {"schema": refs[ErrorEnvelope]}}}
     paths: dict = {}
@@ -53,3 +60,21 @@ def build_openapi(version: str = "0.1.0") -> dict:
     paths["/metrics"] = {"get": {"operationId": "metrics", "responses": {"200": {"description": "Prometheus text format"}}}}
     return {"openapi": "3.1.0", "info": {"title": "diffmesh", "version": version}, "paths": paths,
             "components": {"schemas": components}}
+
+
+def _add_limits(components: dict, limits: RequestLimits) -> None:
+    """RequestLimits as JSON Schema maxima (what frontend.limits enforces with a 400)."""
+    for request in ("ChatCompletionRequest", "CompletionRequest"):
+        props = components[request]["properties"]
+        for name in ("max_tokens", "max_completion_tokens"):
+            if name in props:
+                _maximum(props[name], limits.max_tokens)
+    components["ChatCompletionRequest"]["properties"]["messages"]["maxItems"] = limits.max_messages
+    _maximum(components["NvExt"]["properties"]["steps"], limits.max_steps)
+    _maximum(components["ImageNvExt"]["properties"]["num_inference_steps"], limits.max_image_steps)
+
+
+def _maximum(schema: dict, maximum: int) -> None:
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") == "integer":
+            option["maximum"] = maximum

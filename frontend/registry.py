@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import nats
 
 from frontend.preprocess import Preprocessor, build_template_env
-from protocol.errors import ModelNotFound
+from protocol.errors import ModelNotFound, WorkerUnavailable
 from protocol.events import ModelCard, WorkerCard
 from shell.registry import fetch_card, fetch_file
 
@@ -56,10 +56,14 @@ class ModelRegistry:
         return await asyncio.shield(pending)
 
     async def _load(self, model: str) -> tuple[ModelCard, Preprocessor]:
-        card = await fetch_card(self.nc, self.ns, model)
-        if card is None:
-            raise ModelNotFound(f"model {model!r} has live workers but no card in the registry yet", param="$.model")
-        tokenizer = await fetch_file(self.nc, self.ns, card.tokenizer_object) if card.tokenizer_object else None
+        try:
+            card = await fetch_card(self.nc, self.ns, model)
+            if card is None:
+                raise ModelNotFound(f"model {model!r} has live workers but no card in the registry yet", param="$.model")
+            tokenizer = await fetch_file(self.nc, self.ns, card.tokenizer_object) if card.tokenizer_object else None
+        except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise WorkerUnavailable(f"the model registry did not answer ({type(exc).__name__}); retry",
+                                    retry_after=1.0) from None
         entry = (card, Preprocessor(card, tokenizer, self._env))
         self._entries[model] = entry
         return entry

@@ -8,24 +8,19 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-import msgspec
 from aiohttp import web
 
 from shell.blobs import BlobStore
 from shell.config import FrontendConfig
 from shell.images import ImageLoader
 from shell.metrics import FrontendMetrics
-from frontend.bus import ReplyStream, Requester
+from frontend.bus import Requester
+from frontend.migration import Continue, MigratingStream, Restart
 from frontend.registry import ModelRegistry
-from protocol import subjects
-from protocol.errors import MeshError, Overloaded, PayloadTooLarge, WorkerLost, WorkerUnavailable, error_from_code
+from protocol.errors import MeshError, PayloadTooLarge, error_from_code
 from protocol.routing import RouteDecision, RouteRequest
 from frontend.errors import error_response
-from protocol.work import Ack, Error, Final, Reply, work_encoder
-
-MAX_MIGRATIONS = 2  # re-sends to other workers before any output reached the client
-RETRIABLE = (WorkerUnavailable, WorkerLost, Overloaded)
-
+from protocol.work import Error, Final, GenerateRequest, Reply
 
 @dataclass
 class AppState:
@@ -44,10 +39,18 @@ STATE: web.AppKey[AppState] = web.AppKey("diffmesh_state", AppState)
 
 @dataclass
 class Dispatched:
-    bus_id: str  # request id on the bus (changes on migration)
-    decision: RouteDecision
-    stream: ReplyStream
-    first: Reply | None  # first reply that is not an Ack
+    """A request under way: its first reply, and the stream of the rest (which migrates between workers)."""
+
+    stream: MigratingStream  # .next() raises the MeshError that ends the request; never returns an Ack or Error
+    first: Reply  # first reply that is not an Ack
+
+    @property
+    def decision(self) -> RouteDecision:
+        return self.stream.decision  # the worker serving it now
+
+    @property
+    def bus_id(self) -> str:
+        return self.stream.bus_id
 
 
 def new_request_id(prefix: str) -> str:
@@ -73,39 +76,16 @@ def raise_if_error(reply: Reply) -> Reply:
     return reply
 
 
-async def dispatch(state: AppState, route: RouteRequest, payload_for, model: str, timeout_s: float | None = None) -> Dispatched:
-    """Route, send and wait for the first reply; migrate to another worker if the chosen one is gone or full."""
-    excluded: list[str] = []
-    deadline = time.monotonic() + (timeout_s or state.config.request_timeout_s)
-    for attempt in range(MAX_MIGRATIONS + 1):
-        bus_id = route.request_id if attempt == 0 else f"{route.request_id}-m{attempt}"
-        attempt_route = msgspec.structs.replace(route, request_id=bus_id, exclude=excluded)
-        decision = await state.router.route(attempt_route)
-        state.metrics.router.observe(decision)
-        subject = subjects.generate_direct(state.config.namespace, decision.component, decision.worker_id)
-        stream = await state.requester.send(subject, bus_id, payload_for(bus_id), decision.worker_id,
-                                            max(deadline - time.monotonic(), 0.0))
-        try:
-            first = await stream.next()
-            while isinstance(first, Ack):
-                first = await stream.next()
-            return Dispatched(bus_id, decision, stream, raise_if_error(first))
-        except RETRIABLE as exc:
-            state.requester.close(bus_id)
-            state.router.on_finish(bus_id)
-            if attempt == MAX_MIGRATIONS or route.worker_id is not None:
-                raise
-            excluded = [*excluded, decision.worker_id]
-            state.metrics.migrations.labels(model, "new_request").inc()  # rare: no cached child
-            last = exc
-        except MeshError:
-            state.requester.close(bus_id)
-            state.router.on_finish(bus_id)
-            raise
-        except asyncio.CancelledError:  # the client went away (or a sibling choice failed) before the first reply
-            release(state, Dispatched(bus_id, decision, stream, None))
-            raise
-    raise last  # unreachable: the loop either returns or raises
+async def dispatch(state: AppState, route: RouteRequest, work, model: str, timeout_s: float | None = None) -> Dispatched:
+    """Route, send and wait for the first reply; the request moves to another worker whenever its worker fails
+    (frontend.migration), before its first reply or after."""
+    resume = Continue(work) if isinstance(work, GenerateRequest) else Restart(work)
+    stream = MigratingStream(state, route, resume, model, timeout_s)
+    try:
+        return Dispatched(stream, await stream.start())
+    except BaseException:  # an error, or the client went away (or a sibling choice failed) before the first reply
+        stream.close()
+        raise
 
 
 async def dispatch_all(state: AppState, jobs: list[tuple[RouteRequest, object]], model: str) -> list[Dispatched]:
@@ -128,9 +108,7 @@ async def dispatch_all(state: AppState, jobs: list[tuple[RouteRequest, object]],
 
 
 async def _dispatch_started(state: AppState, route: RouteRequest, work, model: str) -> Dispatched:
-    dispatched = await dispatch(state, route, lambda bus_id: encode_for(work, bus_id), model)
-    state.router.on_first_token(dispatched.bus_id)
-    return dispatched
+    return await dispatch(state, route, work, model)  # the stream tells the router of each attempt's first token
 
 
 async def first_error(coros) -> list:
@@ -190,19 +168,8 @@ async def merged_replies(ds: list[Dispatched]) -> AsyncIterator[tuple[int, Reply
 
 def release(state: AppState, dispatched: Dispatched | None) -> None:
     """Forget the request; a worker still producing for it is told to stop (fire-and-forget)."""
-    if dispatched is None:
-        return
-    if not dispatched.stream.done:
-        asyncio.ensure_future(state.requester.cancel(dispatched.decision.worker_id, dispatched.bus_id))
-    state.requester.close(dispatched.bus_id)
-    state.router.on_finish(dispatched.bus_id)
-
-
-def encode_for(work, bus_id: str) -> bytes:
-    """The work request as sent on the bus, renamed to `bus_id` after a migration."""
-    if bus_id != work.request_id:
-        work = msgspec.structs.replace(work, request_id=bus_id)
-    return work_encoder.encode(work)
+    if dispatched is not None:
+        dispatched.stream.close()
 
 
 async def serve_request(state: AppState, route: RouteRequest, work, endpoint: str, is_stream: bool,

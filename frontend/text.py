@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from contextlib import aclosing
 
-import msgspec
 from aiohttp import web
 
 from frontend.capabilities import check_chat, check_completion
-from frontend.errors import envelope, error_response, from_validation
+from frontend.errors import decode_body, envelope, error_response
+from frontend.limits import check_text_limits
 from frontend.logprobs import mean_logprob
 from frontend.multimodal import delete_blobs, embed_images
 from frontend.registry import ModelEntry
@@ -18,7 +18,7 @@ from frontend.state import (
 )
 from frontend.textformat import ChoiceResult, Formatter, total_usage
 from frontend.textplan import Choice, Plan, build_plan, with_images
-from protocol.errors import InvalidRequest, MeshError
+from protocol.errors import MeshError, ModelNotFound
 from protocol.openai import ChatCompletionRequest, CompletionRequest, chat_decoder, completion_decoder
 from protocol.routing import RouteRequest
 from protocol.work import Chunk, Final, Usage
@@ -42,14 +42,12 @@ async def _handle(request: web.Request, kind: str) -> web.StreamResponse:
     endpoint = "chat_completions" if kind == "chat" else "completions"
     try:
         body = await read_body(request, state.config.max_body_bytes)
-        try:
-            req = (chat_decoder if kind == "chat" else completion_decoder).decode(body)
-        except msgspec.DecodeError as exc:
-            raise from_validation(exc) from None
+        req = decode_body(chat_decoder if kind == "chat" else completion_decoder, body)
+        check_text_limits(req, state.config.limits)
         entry = await state.registry.get(req.model)
         model = req.model  # a label only once the model is known: client strings must not grow /metrics
-        if kind not in entry.card.kinds:
-            raise InvalidRequest(f"model {req.model!r} does not serve {kind}", param="$.model")
+        if kind not in entry.card.kinds:  # not found for this endpoint, as OpenAI answers
+            raise ModelNotFound(f"model {req.model!r} does not serve {kind}", param="$.model")
         (check_chat if kind == "chat" else check_completion)(req, entry.card)
         started = time.monotonic()
         plan = build_plan(req, entry, kind, new_request_id(request_id_var.get() or "cmpl"))

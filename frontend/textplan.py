@@ -16,6 +16,7 @@ import numpy as np
 from frontend.capabilities import logit_bias_ids
 from frontend.preprocess import ImagePart
 from frontend.registry import ModelEntry
+from frontend.limits import check_prompt
 from protocol.errors import InvalidRequest
 from protocol.openai import MAX_CHOICES, ChatCompletionRequest, CompletionRequest
 from protocol.work import DiffusionOptions, GenerateRequest, SamplingOptions
@@ -119,6 +120,7 @@ def _num_top(req, kind: str) -> int | None:
 
 
 def _max_tokens(req, entry: ModelEntry, prompt_len: int) -> int:
+    check_prompt(prompt_len, entry.card.context_length, "$.messages" if hasattr(req, "messages") else "$.prompt")
     limit = entry.card.context_length or 2**31
     requested = getattr(req, "max_completion_tokens", None) or req.max_tokens
     max_tokens = requested or min(int(entry.card.defaults.get("max_tokens", 256)), max(limit - prompt_len, 1))

@@ -22,7 +22,7 @@ from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundErro
 
 from frontend.errors import error_response, from_validation
 from frontend.images import pick_model
-from frontend.state import STATE, AppState, Dispatched, dispatch, encode_for, raise_if_error, read_body, release
+from frontend.state import STATE, AppState, Dispatched, dispatch, read_body, release
 from frontend.uploads import convert_form, read_form
 from protocol import subjects
 from protocol.errors import InvalidRequest, MeshError, NotFound
@@ -47,6 +47,7 @@ class VideoJobs:
         self.nc, self.ns = nc, namespace
         self.media_dir = Path(media_dir).expanduser().resolve() if media_dir else None  # the workers' local store
         self.tasks: set[asyncio.Task] = set()
+        self.following: dict[str, Dispatched] = {}  # video id -> the job this frontend follows
         self._kv = None
 
     async def kv(self):
@@ -89,6 +90,7 @@ class VideoJobs:
         return records
 
     def follow(self, state: AppState, dispatched: Dispatched, record: VideoRecord, revision: int) -> None:
+        self.following[record.video.id] = dispatched
         task = asyncio.create_task(self._follow(state, dispatched, record, revision))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -96,17 +98,18 @@ class VideoJobs:
     async def _follow(self, state: AppState, d: Dispatched, record: VideoRecord, revision: int) -> None:
         try:
             while True:
-                reply = await d.stream.next()
-                record = _advance(record, raise_if_error(reply))
+                reply = await d.stream.next()  # raises the MeshError that ends the job; migrates if its worker is lost
+                record = _advance(msgspec.structs.replace(record, worker_id=d.decision.worker_id, bus_id=d.bus_id), reply)
                 revision = await self.put(record, last=revision)
                 if isinstance(reply, Final):
                     return
         except MeshError as exc:
             failed = _with(record, status="failed", error=VideoError(code=exc.code, message=exc.message, param=exc.param))
             await _quietly(self.put(failed, last=revision))
-        except KeyWrongLastSequenceError:  # deleted (or taken over) elsewhere: stop writing
+        except KeyWrongLastSequenceError:  # deleted (or taken over) elsewhere: stop writing, and stop the job
             pass
         finally:
+            self.following.pop(record.video.id, None)
             release(state, d)
 
     def local_file(self, key: str | None) -> Path | None:
@@ -201,8 +204,7 @@ async def _start(state: AppState, req: VideoCreateRequest, work: VideoRequest) -
     """Dispatch; the worker's first reply (its resolved size and frames) becomes the `queued` record."""
     route = RouteRequest(request_id=work.request_id, model=work.model, token_ids=b"",
                          worker_id=req.nvext.worker_id if req.nvext else None)
-    d = await dispatch(state, route, lambda bus_id: encode_for(work, bus_id), work.model, state.config.video_timeout_s)
-    state.router.on_first_token(d.bus_id)
+    d = await dispatch(state, route, work, work.model, state.config.video_timeout_s)
     try:
         first = d.first
         if not isinstance(first, VideoProgress):
@@ -220,8 +222,7 @@ async def _start(state: AppState, req: VideoCreateRequest, work: VideoRequest) -
 
 
 def abandon_job(state: AppState, d: Dispatched) -> None:
-    asyncio.ensure_future(state.requester.cancel(d.decision.worker_id, d.bus_id))
-    release(state, d)
+    release(state, d)  # tells the worker to stop
 
 
 async def retrieve(request: web.Request) -> web.Response:
@@ -264,8 +265,11 @@ async def delete(request: web.Request) -> web.Response:
     except MeshError as exc:
         return error_response(exc)
     await state.videos.delete(record.video.id)
-    if record.video.status in ("queued", "in_progress"):
-        await state.requester.cancel(record.worker_id, record.bus_id)
+    followed = state.videos.following.get(record.video.id)
+    if followed is not None:  # ours: closing the stream cancels the job on its worker
+        release(state, followed)
+    elif record.video.status in ("queued", "in_progress"):  # another frontend's: tell the worker; that frontend
+        await state.requester.cancel(record.worker_id, record.bus_id)  # stops following at its next (failed) write
     path = state.videos.local_file(record.key)
     if path is not None:
         await asyncio.to_thread(path.unlink, missing_ok=True)

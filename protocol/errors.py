@@ -59,6 +59,12 @@ class Cancelled(MeshError):
     code = "cancelled"
 
 
+class ShuttingDown(MeshError):
+    """This frontend is stopping: its requests end here (not migrated; the client retries elsewhere)."""
+
+    code = "shutting_down"
+
+
 class EngineError(MeshError, RuntimeError):
     code = "engine_error"
 
@@ -77,6 +83,7 @@ ERRORS_BY_CODE: dict[str, type[MeshError]] = {
         WorkerLost,
         DeadlineExceeded,
         Cancelled,
+        ShuttingDown,
         EngineError,
     )
 }

@@ -65,6 +65,10 @@ class GenerateRequest(BusMsg, kw_only=True, tag="generate"):
     mm_embeddings: list[TensorData] = []  # one per mm_objects entry: [placeholder tokens, hidden] from an encode worker
     stream: bool = True  # False: the worker may send only the Final message
     deadline_s: float | None = None  # seconds the requester will wait in all
+    # Continuation after a migration: the last `num_generated` ids of token_ids are output another worker generated
+    # and the client already has; generate what follows them (sampling.max_tokens is what is left, may be 0). The
+    # worker's Usage counts its own work (those ids as prompt); the frontend adds them back for the client.
+    num_generated: int = 0
 
 
 class ImageRequest(BusMsg, kw_only=True, tag="image"):

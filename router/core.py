@@ -153,7 +153,7 @@ class Router:
             raise WorkerUnavailable(f"no live worker serves model {request.model!r}", retry_after=self.config.retry_after_s)
         if request.worker_id is not None or mode == "direct":
             return self._decide(request, [self._direct(request, states)], "direct")
-        free = [s for s in states if not s.is_busy]
+        free = [s for s in states if not s.is_busy and not policy.is_full(s)]
         if not free:
             raise Overloaded("all workers are busy, please retry later", retry_after=self.config.retry_after_s)
         return self._decide(request, free, mode)

@@ -55,6 +55,13 @@ def is_busy(state: WorkerState, config: PolicyConfig) -> bool:
     return bool(total) and load.active_decode_blocks / total > config.busy_kv_fraction
 
 
+def is_full(state: WorkerState) -> bool:
+    """The requests routed there and not finished (by every synced router) fill its slots and queue: a new one would
+    be refused, so it is not sent (load reports lag; this count moves with every decision)."""
+    card = state.card
+    return card.capacity > 0 and state.num_active >= card.capacity + card.max_queue
+
+
 def kv_costs(states: Sequence[WorkerState], overlaps: dict[str, int], num_tokens: int, block_size: int,
              keys: Sequence[int], overlap_weight: float, now: float | None = None, miss_penalty: float = 0.0,
              held_blocks: Callable[[str], int] | None = None) -> list[float]:

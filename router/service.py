@@ -22,6 +22,7 @@ from protocol.routing import (
 )
 from router.core import Router, RouterConfig
 from router.policy import PolicyConfig
+from router.tracker import heartbeat_problem
 from shell.bus import close_bus, connect
 from shell.config import ConfigError, NatsConfig, from_env
 
@@ -94,6 +95,8 @@ class RouterService:
             log.warning("bad event on %s: %s", msg.subject, exc)
             return
         match event:
+            case Heartbeat() if (problem := heartbeat_problem(event)) is not None:
+                log.warning("bad heartbeat on %s dropped: %s", msg.subject, problem)
             case Heartbeat():
                 if self.router.on_heartbeat(event) and self.track_kv:
                     self._spawn(self._dump(event.card.worker_id))
@@ -220,7 +223,11 @@ class RemoteRouter(RouterService):
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError, asyncio.TimeoutError) as exc:
             raise WorkerUnavailable(f"no router service answered on {subjects.router_service(self.ns)}: "
                                     f"{type(exc).__name__}", retry_after=self.router.config.retry_after_s) from None
-        answer = route_reply_decoder.decode(reply.data)
+        try:
+            answer = route_reply_decoder.decode(reply.data)
+        except msgspec.DecodeError as exc:
+            log.warning("bad answer from the router service dropped: %s", exc)
+            raise WorkerUnavailable("the router service answered nonsense", retry_after=self.router.config.retry_after_s) from None
         if isinstance(answer, RouteError):
             raise error_from_code(answer.code, answer.message, param=answer.param, retry_after=answer.retry_after)
         self.router.note_decision(answer)

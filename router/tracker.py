@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from protocol.events import LoadReport, WorkerCard
+from protocol.events import Heartbeat, LoadReport, WorkerCard
 from router.prefill import PrefillQueue
 
 
@@ -43,6 +44,21 @@ class _Active:
     started: float  # router clock seconds
     prefill_s: float = 0.0  # predicted seconds of prefill (router.prefill), given back at the first token
     prefill_done: bool = False
+
+
+def heartbeat_problem(beat: Heartbeat) -> str | None:
+    """Why a heartbeat cannot describe a live worker (negative counts, non-finite times), or None if it can."""
+    card = beat.card
+    counts = {"capacity": card.capacity, "max_queue": card.max_queue, "block_size": card.block_size,
+              "kv_total_blocks": card.kv_total_blocks, "last_kv_event_id": beat.last_kv_event_id}
+    negative = [name for name, value in counts.items() if value < 0]
+    if negative:
+        return f"negative {', '.join(negative)}"
+    if not (math.isfinite(beat.interval_s) and beat.interval_s > 0 and math.isfinite(card.started_at)):
+        return f"interval_s={beat.interval_s} and started_at={card.started_at} must be finite (interval > 0)"
+    if not card.worker_id or not card.model:
+        return "empty worker_id or model"
+    return None
 
 
 class WorkerTracker:

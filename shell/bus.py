@@ -39,7 +39,7 @@ def _tls_context(config: NatsConfig) -> ssl.SSLContext | None:
 
 
 async def connect(config: NatsConfig, name: str, link: LinkWatch | None = None) -> nats.NATS:
-    """Connect to NATS with reconnects; credentials from user/password, token, creds file or TLS.
+    """Connect to NATS with reconnects; credentials from user/password, token, nkey seed, creds file, TLS (client cert).
 
     `link`, when given, follows the connection's state (up, down since when)."""
     options: dict = {
@@ -49,6 +49,7 @@ async def connect(config: NatsConfig, name: str, link: LinkWatch | None = None) 
         "max_reconnect_attempts": config.max_reconnect_attempts,
         "reconnect_time_wait": config.reconnect_wait_s,
         "allow_reconnect": True,
+        "dont_randomize": not config.randomize,
         "pending_size": PENDING_SIZE,
         "error_cb": _log_error,
         "disconnected_cb": _log_event("disconnected", name, link.mark_down if link else None),
@@ -61,13 +62,44 @@ async def connect(config: NatsConfig, name: str, link: LinkWatch | None = None) 
         options["token"] = config.token
     if config.creds_file:
         options["user_credentials"] = config.creds_file
+    if config.nkey_seed:
+        options["nkeys_seed"] = config.nkey_seed
     tls = _tls_context(config)
     if tls is not None:
         options["tls"] = tls
-    nc = await nats.connect(**options)
+    nc = await _connect_or_refuse(options, config)
     if link is not None:
         link.mark_up()
     return nc
+
+
+async def _connect_or_refuse(options: dict, config: NatsConfig) -> nats.NATS:
+    """Retry while no server answers (NATS may start after us), but fail at once when one refuses our credentials."""
+    refused = asyncio.get_running_loop().create_future()
+
+    async def on_error(exc: Exception) -> None:
+        await _log_error(exc)
+        if not refused.done() and is_refusal(exc):
+            refused.set_result(exc)
+
+    nc = nats.NATS()
+    attempt = asyncio.ensure_future(nc.connect(**{**options, "error_cb": on_error}))
+    await asyncio.wait({attempt, refused}, return_when=asyncio.FIRST_COMPLETED)
+    if attempt.done():
+        refused.cancel()
+        attempt.result()
+        return nc
+    attempt.cancel()
+    await asyncio.gather(attempt, return_exceptions=True)
+    await nc.close()
+    raise ConfigError(f"NATS at {config.url} refused this client ({refused.result()}): check the --nats-user/"
+                      "--nats-password, --nats-token, --nats-nkey, --nats-creds and --nats-tls-* settings")
+
+
+def is_refusal(exc: Exception) -> bool:
+    """The server said no to who we are (credentials, TLS) rather than not answering."""
+    return (isinstance(exc, (nats.errors.AuthorizationError, ssl.SSLError))
+            or "authorization violation" in str(exc).lower() or "authentication" in str(exc).lower())
 
 
 async def _log_error(exc: Exception) -> None:
@@ -192,21 +224,26 @@ def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
     raise OSError("no free port")
 
 
-def server_config_text(port: int, monitor_port: int, store_dir: str, host: str = "127.0.0.1") -> str:
+def server_config_text(port: int, monitor_port: int, store_dir: str, host: str = "127.0.0.1", extra: str = "") -> str:
+    """nats-server config: JetStream, 8 MB payloads; `extra` adds blocks (server_name + cluster, authorization, tls)."""
     return (
         f"listen: {host}:{port}\n"
         f"http: {host}:{monitor_port}\n"
         f"max_payload: {MAX_PAYLOAD}\n"
         "max_pending: 268435456\n"
         f'jetstream {{ store_dir: "{store_dir}" }}\n'
+        f"{extra}"
     )
 
 
 class EmbeddedNats:
     """A real nats-server subprocess (JetStream on, max_payload 8 MB) that dies with this process; `diffmesh up`, tests."""
 
-    def __init__(self, port: int | None = 4222, host: str = "127.0.0.1", store_dir: str | None = None):
+    def __init__(self, port: int | None = 4222, host: str = "127.0.0.1", store_dir: str | None = None, extra: str = "",
+                 scheme: str = "nats"):
         self.host = host
+        self.extra = extra  # more config (cluster, authorization, tls blocks)
+        self.scheme = scheme
         self.port = free_port(port, host)
         self.monitor_port = free_port(None, host)
         self._tmp = tempfile.TemporaryDirectory(prefix="diffmesh-nats-") if store_dir is None else None
@@ -215,21 +252,27 @@ class EmbeddedNats:
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
-    def start(self, timeout_s: float = 15.0) -> EmbeddedNats:
+    def start(self, timeout_s: float = 15.0, wait: bool = True) -> EmbeddedNats:
         conf = Path(self.store_dir) / "nats.conf"
-        conf.write_text(server_config_text(self.port, self.monitor_port, self.store_dir, self.host))
-        self.process = spawn([find_nats_server(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self._wait_healthy(timeout_s)
+        conf.write_text(server_config_text(self.port, self.monitor_port, self.store_dir, self.host, self.extra))
+        self._log = open(Path(self.store_dir) / "nats.log", "ab")  # a file, not a pipe nobody reads (it would fill)
+        self.process = spawn([find_nats_server(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=self._log)
+        if wait:
+            self.wait_healthy(timeout_s)
         return self
 
-    def _wait_healthy(self, timeout_s: float) -> None:
+    def log_text(self) -> str:
+        path = Path(self.store_dir) / "nats.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_healthy(self, timeout_s: float = 15.0) -> None:
         url = f"http://{self.host}:{self.monitor_port}/healthz?js-enabled-only=true"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"nats-server exited: {self.process.stderr.read().decode(errors='replace')}")
+                raise RuntimeError(f"nats-server exited: {self.log_text()[-4000:]}")
             try:
                 with urllib.request.urlopen(url, timeout=1) as response:
                     if response.status == 200:
@@ -237,6 +280,12 @@ class EmbeddedNats:
             except OSError:
                 time.sleep(0.01)
         raise TimeoutError(f"nats-server not healthy after {timeout_s}s")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed node (the store stays for a restart)."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -246,8 +295,8 @@ class EmbeddedNats:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process and self.process.stderr:
-            self.process.stderr.close()
+        if self.process is not None:
+            self._log.close()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -17,12 +17,14 @@ class ConfigError(ValueError):
 class NatsConfig:
     url: str = "nats://127.0.0.1:4222"  # comma-separated for a cluster
     user: str | None = None
-    password: str | None = None
-    token: str | None = None
-    creds_file: str | None = None
+    password: str | None = field(default=None, repr=False)  # secrets stay out of reprs, dry runs and logs
+    token: str | None = field(default=None, repr=False)
+    creds_file: str | None = None  # JWT + nkey .creds file (decentralized auth)
+    nkey_seed: str | None = None  # file holding a user nkey seed (SU...)
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    randomize: bool = True  # False: try the servers in the order given (a preferred local node first)
     connect_timeout_s: float = 5.0
     max_reconnect_attempts: int = -1  # -1 = forever
     reconnect_wait_s: float = 0.5
@@ -77,6 +79,23 @@ class MediaConfig:
 
 
 @dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask for; more is a 400 naming the field. Env DIFFMESH_LIMIT_<NAME>, flag --limit-<name>."""
+
+    max_messages: int = 256  # chat messages per request
+    max_images: int = 8  # image parts over all messages of a chat request
+    max_tokens: int = 32768  # completion tokens per request (the model's context bounds it too)
+    max_steps: int = 1024  # dLLM denoising steps (nvext.steps)
+    max_image_steps: int = 200  # image num_inference_steps
+    max_image_side: int = 4096  # image width or height in pixels
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) < 1:
+                raise ConfigError(f"limit {f.name}={getattr(self, f.name)} must be >= 1")
+
+
+@dataclass(frozen=True)
 class FrontendConfig:
     nats: NatsConfig = field(default_factory=NatsConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
@@ -86,9 +105,15 @@ class FrontendConfig:
     router_mode: str = "kv"  # kv | round_robin | random | least_loaded
     router_url: str | None = None  # None = embedded router; "nats" = the standalone `diffmesh router` service
     max_body_bytes: int = 16 * 1024 * 1024
+    max_inflight: int = 1024  # requests one frontend serves at once; more get 503 + Retry-After at once
+    limits: RequestLimits = field(default_factory=RequestLimits)
     request_timeout_s: float = 600.0
     video_timeout_s: float = 3600.0  # a video job (POST /v1/videos) may run this long on its worker
-    api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>`
+    migration_limit: int = 3  # re-sends of one request to other workers (worker lost, stalled, full); 0 = none
+    stall_timeout_s: float = 15.0  # a reply stream quiet this long lost its worker (workers keep alive every 2 s)
+    api_key: str | None = field(default=None, repr=False)  # when set, requests need `Authorization: Bearer <key>`
+    api_key_file: str | None = None  # more keys, one per line (rotation: list old and new)
+    public_paths: str = "/health,/live,/ready,/metrics,/openapi.json,/v1/files/"  # need no key; '/'-ended = prefix
     media_dir: str | None = None  # local store served at /v1/files/ (url image responses)
     public_base_url: str | None = None
     max_inline_bytes: int | None = None  # media/embedding bytes carried in a bus message; larger go through the Object Store
@@ -99,9 +124,12 @@ class FrontendConfig:
             raise ConfigError(f"router_mode={self.router_mode!r} is not one of {', '.join(modes)}")
         if self.router_url not in (None, "nats"):
             raise ConfigError(f"router_url={self.router_url!r}: use 'nats' (standalone router) or leave it unset")
-        for name in ("port", "max_body_bytes"):
+        for name in ("port", "max_body_bytes", "max_inflight"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.migration_limit < 0 or self.stall_timeout_s < 0:
+            raise ConfigError(f"migration_limit={self.migration_limit} and stall_timeout_s={self.stall_timeout_s} "
+                              "must be >= 0")
         for name in ("request_timeout_s", "video_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be > 0")
@@ -120,7 +148,8 @@ class RuntimeConfig:
     nats_give_up_after_s: float | None = field(default=None, metadata={"env": "NATS_GIVE_UP_AFTER"})  # None = retry forever
     health_host: str = "0.0.0.0"
     health_port: int | None = None  # None = no HTTP health endpoint
-    js_replicas: int = 1  # replica count of the registry buckets (3 on a 3-node NATS cluster)
+    js_replicas: int = 0  # replica count of the registry buckets; 0 = 3 on a NATS cluster of 3 or more, else 1
+    keepalive_s: float = 2.0  # a request's stream that said nothing this long gets an Ack (0 = never)
     max_inline_bytes: int | None = None  # reply bytes (embeddings) inline in a message; None = server max_payload - 64 KiB
 
     def __post_init__(self) -> None:

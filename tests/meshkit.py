@@ -51,9 +51,9 @@ class Mesh:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start_frontend(self, **overrides) -> None:
+    async def start_frontend(self, nats: NatsConfig | None = None, **overrides) -> None:
         self.port = free_port()
-        config = FrontendConfig(nats=NatsConfig(url=self.nats_url), namespace=self.namespace, host="127.0.0.1",
+        config = FrontendConfig(nats=nats or NatsConfig(url=self.nats_url), namespace=self.namespace, host="127.0.0.1",
                                 port=self.port, **overrides)
         self._frontend_stop, ready = asyncio.Event(), asyncio.Event()
         self._frontend_task = asyncio.create_task(run_frontend(config, ready=ready, stop=self._frontend_stop))
@@ -61,10 +61,11 @@ class Mesh:
         if self._frontend_task.done():
             self._frontend_task.result()  # raises what went wrong at startup
 
-    async def add_worker(self, engine, heartbeat_s: float = 0.2, **runtime) -> InProcessWorker:
+    async def add_worker(self, engine, heartbeat_s: float = 0.2, nats: NatsConfig | None = None, **runtime) -> InProcessWorker:
         """Serve `engine` in this process (real NATS) until the mesh stops."""
         stop, ready = asyncio.Event(), asyncio.get_running_loop().create_future()
-        config = RuntimeConfig(nats=NatsConfig(url=self.nats_url), namespace=self.namespace, heartbeat_s=heartbeat_s, **runtime)
+        config = RuntimeConfig(nats=nats or NatsConfig(url=self.nats_url), namespace=self.namespace, heartbeat_s=heartbeat_s,
+                               **runtime)
         task = asyncio.create_task(serve(engine, config, ready=ready, stop=stop))
         await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
         if task.done() and not ready.done():
@@ -85,10 +86,10 @@ class Mesh:
         return process
 
     async def wait_models(self, model: str, num_workers: int, timeout_s: float = 30.0) -> None:
-        async def ready():
-            async with aiohttp.ClientSession() as session, session.get(f"{self.url}/v1/models") as response:
-                data = (await response.json())["data"]
-            return any(m["id"] == model and m["workers"] >= num_workers for m in data)
+        async def ready():  # /health lists live workers per model and stays public when API keys are on
+            async with aiohttp.ClientSession() as session, session.get(f"{self.url}/health") as response:
+                models = (await response.json())["models"]
+            return len(models.get(model, [])) >= num_workers
 
         await wait_for(ready, timeout_s, 0.05)
 

@@ -20,7 +20,7 @@ from protocol import subjects
 from protocol.control import Cancel, ClearCache, ControlAck, DumpKv, KvDump, control_decoder, control_encoder
 from protocol.errors import EngineError, MeshError, Overloaded
 from protocol.events import Goodbye, Heartbeat, KvEvent, KvEventBatch, LoadReport, WorkerCard, event_encoder
-from protocol.work import Ack, Error, Final, WorkRequest, work_decoder, work_encoder
+from protocol.work import Ack, Error, Final, WorkRequest, work_decoder
 from shell.blobs import BlobStore
 from shell.bus import LinkWatch, close_bus, connect_unless
 from shell.config import RuntimeConfig
@@ -30,6 +30,7 @@ from shell.process import EXIT_BROKER_LOST, EXIT_DRAIN_TIMEOUT, EXIT_OK, install
 from shell.registry import publish_model
 from workers.contract import KvEventSink, RequestContext, WorkerEngine
 from workers.drain import bounded, cancel_all, cut, wait_in_flight
+from workers.replies import ReplyLane, ReplyLanes, publish_reply
 
 __all__ = ["KvEventSink", "RequestContext", "RuntimeConfig", "WorkerEngine", "WorkerRuntime", "serve"]
 
@@ -67,6 +68,7 @@ class WorkerRuntime:
         self.num_waiting = 0
         self.num_cancelled = 0  # requests that ended because of a Cancel message
         self.num_served = 0
+        self.num_refused = 0  # requests answered Overloaded (full or draining)
         self.last_event_id = 0
         self._slots = asyncio.Semaphore(self.card.capacity)
         self._tasks: set[asyncio.Task] = set()
@@ -76,6 +78,7 @@ class WorkerRuntime:
         self._draining = False
         self._serving = False
         self._load_dirty = asyncio.Event()
+        self.lanes = ReplyLanes(config.keepalive_s)  # reply streams in flight, kept alive while quiet
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -98,6 +101,7 @@ class WorkerRuntime:
             asyncio.create_task(self._heartbeat_loop()),
             asyncio.create_task(self._kv_loop()),
             asyncio.create_task(self._load_loop()),
+            asyncio.create_task(self.lanes.run()),
         ]
         await self.nc.flush()
         self._serving = True
@@ -145,77 +149,66 @@ class WorkerRuntime:
         try:
             request = work_decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
-            await self._reply(msg.reply, Error(request_id="", seq=0, code="invalid_request", message=f"bad work request: {exc}"))
+            log.warning("bad work request on %s dropped: %s", msg.subject, exc)
+            await publish_reply(self.nc, msg.reply, Error(request_id="", seq=0, code="invalid_request",
+                                                          message=f"bad work request: {exc}"))
             return
         if self._draining or not self.link.is_up or self.num_active + self.num_waiting >= self.card.capacity + self.card.max_queue:
+            self.num_refused += 1
             error = Overloaded(f"worker {self.worker_id} is {'full' if self.link.is_up else 'reconnecting'}", retry_after=1.0)
-            await self._reply(msg.reply, _error_reply(request.request_id, 0, error))
+            await publish_reply(self.nc, msg.reply, _error_reply(request.request_id, 0, error))
             return
         deadline = time.monotonic() + request.deadline_s if request.deadline_s else None
         ctx = RequestContext(request.request_id, self.worker_id, deadline, self.blobs)
         self.contexts[request.request_id] = ctx
+        lane = self.lanes.open(self.nc, msg.reply, request.request_id, self.worker_id)
         self.num_waiting += 1  # counted now: the next message's admission check must see it
         self._load_dirty.set()
-        task = asyncio.create_task(self._serve(request, ctx, msg.reply))
+        task = asyncio.create_task(self._serve(request, ctx, lane))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, request: WorkRequest, ctx: RequestContext, reply: str) -> None:
+    async def _serve(self, request: WorkRequest, ctx: RequestContext, lane: ReplyLane) -> None:
         request_id_var.set(request.request_id)  # this task's context: engine logs carry the id
-        seq = 0
         if self._slots.locked():
-            await self._reply(reply, Ack(request_id=request.request_id, worker_id=self.worker_id, queued=True))
-            seq = 1
+            await lane.send(Ack(request_id=request.request_id, worker_id=self.worker_id, queued=True))
         try:
             async with self._slots:
                 self.num_waiting -= 1
                 self.num_active += 1
+                lane.is_waiting = False
                 self._load_dirty.set()
                 try:
-                    seq = await self._run_engine(request, ctx, reply, seq)
+                    await self._run_engine(request, ctx, lane)
                 finally:
                     self.num_active -= 1
                     self._load_dirty.set()
-        except asyncio.CancelledError:
-            raise
         finally:
             self.contexts.pop(request.request_id, None)
+            self.lanes.close(request.request_id)
             self.num_served += 1
 
-    async def _run_engine(self, request: WorkRequest, ctx: RequestContext, reply: str, seq: int) -> int:
-        terminal = False
+    async def _run_engine(self, request: WorkRequest, ctx: RequestContext, lane: ReplyLane) -> None:
         try:
             if ctx.is_cancelled():
                 raise _CancelledBeforeStart
             async for out in self.engine.generate(request, ctx):
                 if isinstance(out, Final):
-                    out = msgspec.structs.replace(out, seq=seq, worker_id=self.worker_id)
-                    terminal = True
-                else:
-                    out = msgspec.structs.replace(out, seq=seq)
-                await self._reply(reply, out)
-                seq += 1
-                if terminal:
+                    out = msgspec.structs.replace(out, worker_id=self.worker_id)
+                await lane.send(out)
+                if lane.is_done:
                     break
-            if not terminal:
+            if not lane.is_done:
                 raise EngineError("engine ended without a final message")
         except _CancelledBeforeStart:
-            await self._reply(reply, Final(request_id=request.request_id, seq=seq, finish_reason="cancelled", worker_id=self.worker_id))
+            await lane.send(Final(request_id=request.request_id, seq=0, finish_reason="cancelled", worker_id=self.worker_id))
         except MeshError as exc:
-            await self._reply(reply, _error_reply(request.request_id, seq, exc))
+            await lane.send(_error_reply(request.request_id, 0, exc))
         except Exception as exc:  # an engine bug must not kill the worker or hang the client
             log.exception("engine failed on %s", request.request_id)
-            await self._reply(reply, _error_reply(request.request_id, seq, EngineError(f"{type(exc).__name__}: {exc}")))
+            await lane.send(_error_reply(request.request_id, 0, EngineError(f"{type(exc).__name__}: {exc}")))
         if ctx.is_cancelled():
             self.num_cancelled += 1
-        return seq + 1
-
-    async def _reply(self, subject: str, message) -> None:
-        try:
-            await self.nc.publish(subject, work_encoder.encode(message))
-        except nats.errors.MaxPayloadError:
-            error = EngineError("reply exceeds the NATS max_payload; the engine must chunk it")
-            await self.nc.publish(subject, work_encoder.encode(_error_reply(message.request_id, message.seq, error)))
 
     # --- control plane --------------------------------------------------------------------------
 
@@ -223,6 +216,7 @@ class WorkerRuntime:
         try:
             command = control_decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
+            log.warning("bad control message on %s dropped: %s", msg.subject, exc)
             await self._respond(msg, ControlAck(ok=False, detail=str(exc)))
             return
         match command:

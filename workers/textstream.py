@@ -32,6 +32,11 @@ class TextStream:
         self._held += self._decode_delta()
         return self._release(final=False)
 
+    def resume(self, ids: Sequence[int]) -> None:
+        """Continue a stream another worker began: `ids` were generated and their released text delivered already."""
+        if ids:
+            self.push(ids)
+
     def flush(self) -> str:
         """End of generation: release everything held (up to a stop string)."""
         if self.stopped:

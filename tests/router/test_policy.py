@@ -142,6 +142,18 @@ def test_busy_workers_are_excluded_and_all_busy_is_overloaded():
     assert info.value.retry_after == RouterConfig().retry_after_s
 
 
+def test_a_worker_whose_routed_requests_fill_its_slots_and_queue_gets_no_more_before_its_load_report():
+    router = Router(RouterConfig(), rng=random.Random(0), clock=lambda: 0.0)
+    for worker_id in ("w0", "w1"):
+        router.on_heartbeat(heartbeat(card(worker_id, block_size=BS, capacity=2, max_queue=1)))
+    chosen = [router.route(route_request(f"r{i}", range(8))).worker_id for i in range(6)]
+    assert Counter(chosen) == {"w0": 3, "w1": 3}  # 2 slots + 1 queued each, with no load report in between
+    with pytest.raises(Overloaded):
+        router.route(route_request("r6", range(8)))
+    router.on_finish("r0")  # one ends: its worker takes one more
+    assert router.route(route_request("r7", range(8))).worker_id == chosen[0]
+
+
 def test_busy_waiting_threshold_and_draining_workers_are_excluded():
     router, _ = make_router(3, busy_waiting=2)
     router.on_load(heartbeat(card("w0"), waiting_requests=2).load)

@@ -103,9 +103,14 @@ class DllmEngine:
         is_cancelled: Callable[[], bool] | None = None,
         observer: Observer | None = None,
         images: Images = (),
+        resume_ids: list[int] | None = None,
     ) -> None:
-        """Queue a request; raises InvalidRequest (with its param path) before anything runs."""
+        """Queue a request; raises InvalidRequest (with its param path) before anything runs.
+
+        `resume_ids`: the end of `prompt_ids` is output another worker streamed already (a migrated request)."""
         seq = self.new_sequence(request_id, prompt_ids, sampling, diffusion, images)
+        if resume_ids:
+            seq.stream.resume(resume_ids)
         slot = _Slot(seq, on_output, is_cancelled or (lambda: False), observer)
         with self._cond:
             self._waiting.append(slot)
@@ -179,6 +184,7 @@ class DllmEngine:
         *,
         is_cancelled: Callable[[], bool] | None = None,
         images: Images = (),
+        resume_ids: list[int] | None = None,
     ) -> AsyncIterator[StepOutput]:
         """Async stream of outputs from the engine thread (started on first use)."""
         self.start()
@@ -188,7 +194,7 @@ class DllmEngine:
         self.submit(
             request_id, prompt_ids, sampling, diffusion,
             on_output=lambda out: loop.call_soon_threadsafe(outputs.put_nowait, out),
-            is_cancelled=_either(closed, is_cancelled), images=images,
+            is_cancelled=_either(closed, is_cancelled), images=images, resume_ids=resume_ids,
         )  # fmt: skip
         try:
             while True:

@@ -9,10 +9,12 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
+
 from protocol.errors import EngineError, InvalidRequest
 from protocol.events import HealthCheck, ModelCard
 from protocol.kv import tokens_from_bytes, tokens_to_bytes
-from protocol.work import Chunk, Final, GenerateRequest, WorkRequest
+from protocol.work import Chunk, DiffusionOptions, Final, GenerateRequest, Usage, WorkRequest
 from workers.contract import KvEventSink, RequestContext
 from shell.config import MODEL_CACHE_DIR, ConfigError, from_env
 from shell.images import solid_png_data_url
@@ -103,13 +105,19 @@ class DllmWorker:
         if not isinstance(request, GenerateRequest):
             raise InvalidRequest("the dllm worker serves text generation only", param="$.model")
         prompt = tokens_from_bytes(request.token_ids).tolist()
+        k = request.num_generated
+        if not 0 <= k <= len(prompt):
+            raise InvalidRequest(f"num_generated={k} does not fit a prompt of {len(prompt)} tokens", param="$.num_generated")
+        if k and request.sampling.max_tokens <= 0:  # the last attempt had generated everything; only its Final was lost
+            yield Final(request_id=request.request_id, seq=0, finish_reason="length", usage=Usage(prompt_tokens=len(prompt)))
+            return
         images = await self._images(request, ctx)
         held_text: list[str] = []
         held_ids: list[int] = []  # tokens behind text not yet sent
         logprobs = LogprobBuffer(request.sampling.logprobs or 0) if request.sampling.logprobs is not None else None
         outputs = self.engine.generate_async(
-            request.request_id, prompt, request.sampling, request.diffusion, is_cancelled=lambda: _gone(ctx),
-            images=images,
+            request.request_id, prompt, request.sampling, continued_options(request), is_cancelled=lambda: _gone(ctx),
+            images=images, resume_ids=prompt[len(prompt) - k :] if k else None,
         )
         async for out in outputs:
             held_ids.extend(out.token_ids)
@@ -144,7 +152,6 @@ class DllmWorker:
             else:
                 held_text.append(out.text)
 
-
     async def _images(self, request: GenerateRequest, ctx: RequestContext) -> list:
         """(MmObject, embedding tensor) per image, the embeddings read inline or from the Object Store."""
         if not request.mm_objects:
@@ -164,6 +171,17 @@ class DllmWorker:
             except ValueError as exc:
                 raise InvalidRequest(f"image embedding: {exc}", param="$.messages") from None
         return images
+
+
+def continued_options(request: GenerateRequest) -> DiffusionOptions | None:
+    """A continuation denoises the rest only: the same steps per token, and no block length that no longer divides it."""
+    opts, k = request.diffusion, request.num_generated
+    if not k or opts is None:
+        return opts
+    left = request.sampling.max_tokens
+    steps = max(1, -(-opts.steps * left // (left + k))) if opts.steps else opts.steps
+    block_length = opts.block_length if opts.block_length and left % opts.block_length == 0 else None
+    return msgspec.structs.replace(opts, steps=steps, block_length=block_length)
 
 
 def _gone(ctx: RequestContext) -> bool:

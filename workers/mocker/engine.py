@@ -61,6 +61,7 @@ class MockSequence:
     token_seed: int = 0  # generated tokens are a pure function of (token_seed, index, temperature, top_p)
     temperature: float = 0.0  # workers/mocker/distribution.py: 0 takes the top rank
     top_p: float = 1.0
+    first_index: int = 0  # index of the first token to generate (a continuation after a migration starts later)
     prompt_tokens: np.ndarray | None = None  # kept to cache the blocks it generates; None in replay
     generated: list[int] = field(default_factory=list)
     cached_tokens: int = 0
@@ -202,7 +203,7 @@ class MockerScheduler:
         return chunk
 
     def _next_token(self, seq: MockSequence) -> int:
-        token = self.distribution.sample(seq.token_seed, len(seq.generated), seq.temperature, seq.top_p)
+        token = self.distribution.sample(seq.token_seed, seq.first_index + len(seq.generated), seq.temperature, seq.top_p)
         seq.generated.append(token)
         return token
 

@@ -105,25 +105,38 @@ class MockerEngine:
             queue.put_nowait(item)
 
     def _sequence(self, request: GenerateRequest) -> MockSequence:
+        if not isinstance(request, GenerateRequest):
+            raise InvalidRequest("the mocker serves text generation only", param="$.model")
+        if len(request.token_ids) % 4:
+            raise InvalidRequest("token_ids must be int32 little-endian bytes", param="$.token_ids")
         prompt = tokens_from_bytes(request.token_ids)
         max_tokens = request.sampling.max_tokens
         if len(prompt) + max_tokens > self.config.context_length:
             raise InvalidRequest(f"prompt ({len(prompt)}) + max_tokens ({max_tokens}) exceeds the context length "
                                  f"{self.config.context_length}", param="$.max_tokens")
+        k = request.num_generated
+        if not 0 <= k <= len(prompt):
+            raise InvalidRequest(f"num_generated={k} does not fit a prompt of {len(prompt)} tokens", param="$.num_generated")
+        # a continuation draws the tokens a clean run draws: seeded by the original prompt, counted from k
+        seed = token_seed(request.token_ids[: 4 * (len(prompt) - k)], request.sampling.seed)
         local, chained = sequence_block_hashes(prompt, self.config.block_size, request.mm_objects)
-        return MockSequence(request.request_id, len(prompt), chained, local, max_tokens,
-                            token_seed(request.token_ids, request.sampling.seed), temperature=request.sampling.temperature,
-                            top_p=request.sampling.top_p, prompt_tokens=prompt)
+        return MockSequence(request.request_id, len(prompt), chained, local, max_tokens, seed,
+                            temperature=request.sampling.temperature, top_p=request.sampling.top_p, first_index=k,
+                            prompt_tokens=prompt)
 
     async def generate(self, request: GenerateRequest, ctx: RequestContext):
         seq = self._sequence(request)
+        stream = TextStream(self.tokenizer.decode, request.sampling.stop)
+        stream.resume(tokens_from_bytes(request.token_ids[len(request.token_ids) - 4 * request.num_generated:]).tolist())
+        logprobs = _Logprobs(self.scheduler.distribution, seq.token_seed, request.sampling.logprobs, seq.first_index)
+        if stream.stopped or seq.max_tokens <= 0:  # the last attempt had finished; only its Final was lost
+            yield self._final(request, seq, stream, logprobs, "stop" if stream.stopped else "length", [])
+            return
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[request.request_id] = queue
         ctx.on_cancel(lambda: queue.put_nowait(_CANCEL))
         self.scheduler.add(seq)
         self._wake.set()
-        stream = TextStream(self.tokenizer.decode, request.sampling.stop)
-        logprobs = _Logprobs(self.scheduler.distribution, seq.token_seed, request.sampling.logprobs)
         finish_reason = "length"
         held: list[str] = []  # non-streaming requests get everything in the Final
         try:
@@ -150,18 +163,24 @@ class MockerEngine:
         finally:
             self._queues.pop(request.request_id, None)
             self.scheduler.cancel(request.request_id)
-        usage = Usage(prompt_tokens=seq.prompt_len, completion_tokens=len(stream.ids), cached_tokens=seq.cached_tokens)
-        yield Final(request_id=request.request_id, seq=0, text="".join(held) + stream.flush(), finish_reason=finish_reason,
-                    token_ids=tokens_to_bytes(logprobs.ids), logprobs=logprobs.take(), usage=usage)
+        yield self._final(request, seq, stream, logprobs, finish_reason, held)
+
+    @staticmethod
+    def _final(request: GenerateRequest, seq: MockSequence, stream: TextStream, logprobs: _Logprobs, finish_reason: str,
+               held: list[str]) -> Final:
+        usage = Usage(prompt_tokens=seq.prompt_len, completion_tokens=len(stream.ids) - request.num_generated,
+                      cached_tokens=seq.cached_tokens)  # a continuation counts its own tokens only
+        return Final(request_id=request.request_id, seq=0, text="".join(held) + stream.flush(), finish_reason=finish_reason,
+                     token_ids=tokens_to_bytes(logprobs.ids), logprobs=logprobs.take(), usage=usage)
 
 
 class _Logprobs:
     """Token ids not yet sent and, when the request asked, their logprobs under the mocker's distribution."""
 
-    def __init__(self, distribution, token_seed: int, num_top: int | None):
+    def __init__(self, distribution, token_seed: int, num_top: int | None, first_index: int = 0):
         self.distribution, self.token_seed, self.num_top = distribution, token_seed, num_top
         self.ids: list[int] = []
-        self.index = 0  # position of the next generated token
+        self.index = first_index  # position of the next generated token (a continuation starts after the delivered)
         self.buffer = LogprobBuffer(num_top or 0)
 
     def add(self, ids: list[int]) -> None:

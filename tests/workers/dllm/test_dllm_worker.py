@@ -113,3 +113,32 @@ async def test_openai_invalid_diffusion_parameter_is_a_400(dllm_mesh, nvext, par
     with pytest.raises(openai.BadRequestError) as info:
         await dllm_mesh.chat.completions.create(model="tiny-dllm", messages=CHAT, max_tokens=16, extra_body={"nvext": nvext})
     assert param in str(info.value)
+
+
+async def test_a_continuation_generates_only_what_is_left_after_the_delivered_tokens(worker, prompt_ids):
+    import msgspec
+
+    clean = await replies(worker, request(prompt_ids, max_tokens=24))
+    ids = [t for r in clean for t in tokens_from_bytes(r.token_ids).tolist()]
+    delivered = ids[:10]
+    sampling = SamplingOptions(max_tokens=14, seed=5, ignore_eos=True)
+    resumed = msgspec.structs.replace(request(prompt_ids), token_ids=tokens_to_bytes(prompt_ids + delivered),
+                                      num_generated=10, sampling=sampling)
+    rest = await replies(worker, resumed)
+    usage = rest[-1].usage
+    assert (usage.prompt_tokens, usage.completion_tokens) == (len(prompt_ids) + 10, 14)  # its own work only
+    done = msgspec.structs.replace(resumed, token_ids=tokens_to_bytes(prompt_ids + ids), num_generated=24,
+                                   sampling=SamplingOptions(max_tokens=0))
+    finished = await replies(worker, done)  # the last attempt had generated everything; only its Final was lost
+    assert len(finished) == 1 and finished[0].finish_reason == "length" and finished[0].usage.forward_passes == 0
+
+
+def test_a_continuation_keeps_the_steps_per_token_and_drops_a_block_length_that_no_longer_divides():
+    from workers.dllm.worker import continued_options
+
+    req = GenerateRequest(request_id="c", model="m", token_ids=tokens_to_bytes([1, 2, 3, 4, 5, 6, 7, 8]), num_generated=5,
+                          sampling=SamplingOptions(max_tokens=27), diffusion=DiffusionOptions(steps=32, block_length=8))
+    opts = continued_options(req)
+    assert (opts.steps, opts.block_length) == (27, None)  # 32 steps for 32 tokens -> 27 for the 27 left
+    assert continued_options(GenerateRequest(request_id="c", model="m", token_ids=b"", sampling=SamplingOptions(max_tokens=4),
+                                             diffusion=req.diffusion)) is req.diffusion  # not a continuation: as sent
