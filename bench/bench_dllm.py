@@ -9,6 +9,8 @@ Models (all tiny LLaDA2-shaped LLaMA denoisers with block-causal attention, load
   parallel commits drift from the reference, and random weights collapse onto a few ids (`distinct ids`).
 - `copy`: one layer with hand-set weights that predicts the token 8 positions back; its confidence is ~1 exactly
   when the source is visible, the property threshold decoding relies on in trained dLLMs.
+- `demo`: the trained demo model `diffmesh up` serves (workers/dllm/train.py), on the held-out templated prompts of
+  workers/dllm/demo_tasks.py, decoding to the answer's end (EOS), with how many answers are right.
 
     python bench/bench_dllm.py            # full run (~2-3 min on one CPU core)
     python bench/bench_dllm.py --quick    # short run
@@ -32,7 +34,9 @@ import torch  # noqa: E402
 from protocol.work import DiffusionOptions, SamplingOptions  # noqa: E402
 from workers.dllm.config import DllmConfig  # noqa: E402
 from workers.dllm.engine import DllmEngine  # noqa: E402
-from workers.dllm.tiny import TinySpec, ensure_tiny_dllm  # noqa: E402
+from workers.dllm.demo_tasks import held_out_examples  # noqa: E402
+from workers.dllm.tiny import DEMO_MODEL_DIR, TinySpec, ensure_tiny_dllm  # noqa: E402
+from workers.dllm.train import chat_ids, normalise  # noqa: E402
 
 
 @dataclass
@@ -52,7 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short run: fewer tokens and repeats")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.add_argument("--sections", default="random:64,random:512,copy:64", help="model:prompt_tokens, comma-separated")
+    parser.add_argument("--sections", default="random:64,random:512,copy:64",
+                        help="model:prompt_tokens, comma-separated ('' = only the demo model's table)")
     parser.add_argument("--gen-length", type=int, default=256)
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--threshold", type=float, default=0.9)
@@ -61,6 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each variant reports its best round")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (tiny models: 1 is fastest)")
     parser.add_argument("--cache-dir", help="where the tiny models are built (default: a temporary directory)")
+    parser.add_argument("--no-demo", dest="demo", action="store_false", help="skip the trained demo model's table")
     args = parser.parse_args(argv)
     if args.quick:
         args.gen_length, args.repeats, args.ttft_prompt_tokens = 64, 2, 512
@@ -82,9 +88,10 @@ def prompt_of(engine: DllmEngine, num_tokens: int, seed: int) -> list[int]:
     return words.tolist()
 
 
-def run_once(engine: DllmEngine, prompt: list[int], gen_length: int, options: DiffusionOptions) -> tuple[float, list[int], int, float]:
+def run_once(engine: DllmEngine, prompt: list[int], gen_length: int, options: DiffusionOptions,
+             ignore_eos: bool = True) -> tuple[float, list[int], int, float]:
     """(seconds, tokens, forward passes, seconds to the first streamed token)."""
-    sampling = SamplingOptions(max_tokens=gen_length, ignore_eos=True, seed=0)
+    sampling = SamplingOptions(max_tokens=gen_length, ignore_eos=ignore_eos, seed=0)
     start = time.perf_counter()
     first = None
     tokens: list[int] = []
@@ -128,6 +135,50 @@ def throughput_rows(args, model: str, engines, prompt_tokens: int) -> list[Row]:
     return rows
 
 
+def demo_rows(args) -> list[dict]:
+    """The trained model on every held-out prompt, each variant timed over the whole set (best of `repeats`)."""
+    engine = DllmEngine.from_pretrained(DllmConfig(model=str(DEMO_MODEL_DIR), max_cache_blocks=0))
+    examples = held_out_examples()
+    prompts = [chat_ids(engine.tokenizer, e.prompt) for e in examples]
+    tau = args.threshold
+    variants = [("reference LLaDA (one token per step)", DiffusionOptions(use_cache=False)),
+                (f"threshold {tau}", DiffusionOptions(threshold=tau, use_cache=False)),
+                ("block KV cache", DiffusionOptions(use_cache=True)),
+                (f"threshold {tau} + block KV cache", DiffusionOptions(threshold=tau, use_cache=True))]
+    best = [float("inf")] * len(variants)
+    outputs: list[list[tuple[list[int], int]]] = []
+    for _ in range(args.repeats):
+        outputs = []
+        for i, (_, options) in enumerate(variants):
+            started = time.perf_counter()
+            outputs.append([run_once(engine, p, 32, options, ignore_eos=False)[1:3] for p in prompts])
+            best[i] = min(best[i], time.perf_counter() - started)
+    reference = [tokens for tokens, _ in outputs[0]]
+    rows = []
+    for (name, _), seconds, results in zip(variants, best, outputs):
+        tokens = sum(len(t) for t, _ in results)
+        passes = sum(p for _, p in results)
+        same = sum(x == y for (t, _), ref in zip(results, reference) for x, y in zip(t, ref))
+        correct = sum(normalise(engine.tokenizer.decode(t, skip_special_tokens=True)) == normalise(e.answer)
+                      for (t, _), e in zip(results, examples))
+        rows.append({"variant": name, "tokens_per_s": tokens / seconds, "forward_passes": passes,
+                     "passes_per_token": passes / tokens, "agreement": same / sum(len(r) for r in reference),
+                     "correct": correct / len(examples), "prompts": len(examples)})
+    for row in rows:
+        row["speedup"] = row["tokens_per_s"] / rows[0]["tokens_per_s"]
+    return rows
+
+
+def print_demo(rows: list[dict]) -> None:
+    print(f"\ntrained demo dLLM ({DEMO_MODEL_DIR.name}), {rows[0]['prompts']} held-out templated prompts, max_tokens 32, "
+          "to the answer's end:")
+    print("| variant | tokens/s | speedup | forward passes | passes/token | agreement | held-out answers right |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['tokens_per_s']:.0f} | {r['speedup']:.1f}x | {r['forward_passes']} "
+              f"| {r['passes_per_token']:.3f} | {100 * r['agreement']:.1f}% | {100 * r['correct']:.0f}% |")
+
+
 def ttft(args, engines) -> dict:
     """Time to first token for a long prompt: empty prefix cache vs the prompt already cached."""
     _, engine = engines
@@ -162,11 +213,16 @@ def main(argv=None) -> int:
     sections = [(model, int(n)) for model, n in (part.split(":") for part in args.sections.split(",") if part.strip())]
     engines = {model: build_engines(args, model, cache_dir) for model in dict.fromkeys(m for m, _ in sections)}
     rows = [row for model, n in sections for row in throughput_rows(args, model, engines[model], n)]
-    first_token = ttft(args, engines.get("random") or next(iter(engines.values())))
+    first_token = ttft(args, engines.get("random") or next(iter(engines.values()))) if engines else None
+    demo = demo_rows(args) if args.demo else []
     if args.json:
-        print(json.dumps({"config": vars(args), "variants": [asdict(r) for r in rows], "ttft": first_token}, indent=2))
+        print(json.dumps({"config": vars(args), "variants": [asdict(r) for r in rows], "ttft": first_token,
+                          "demo": demo}, indent=2))
     else:
-        print_tables(args, rows, first_token)
+        if first_token is not None:
+            print_tables(args, rows, first_token)
+        if demo:
+            print_demo(demo)
     return 0
 
 

@@ -3,8 +3,9 @@
 One table. Batching: images/s for 8 concurrent single-image requests with --max-batch 8 (one pipeline call) vs
 --max-batch 1 (one call each), and whether every batched image is byte-identical to its solo run. Step cache:
 seconds per image with the cache vs without at the same seed, the PSNR of the cached image against the uncached one,
-and how many denoiser calls ran the deep/tail blocks. Models are the repo's tiny random pipelines (built on first
-run); random weights make the images noise-like, so PSNR measures drift, not beauty. Rounds alternate baseline and
+and how many denoiser calls ran the deep/tail blocks. Models: the trained demo shapes model `diffmesh up` serves
+(`demo_model`, whose images mean something) and the repo's tiny random pipelines (built on first run), whose images
+are noise-like, so there PSNR measures drift, not beauty. Rounds alternate baseline and
 variant and each reports its median, which damps the noise of a shared CPU.
 
     python bench/bench_image.py --threads 1  # full run (~5 min on 2 shared CPU cores)
@@ -36,7 +37,7 @@ from bench.tables import Row, print_table  # noqa: E402
 from protocol.work import ImageOutput, ImageRequest  # noqa: E402
 from workers.image.engine import EngineConfig, ImageEngine  # noqa: E402
 from workers.image.storage import StorageConfig  # noqa: E402
-from workers.image.tiny import ensure_tiny_image  # noqa: E402
+from workers.image.tiny import DEMO_MODEL_DIR, ensure_tiny_image  # noqa: E402
 
 NUM_CONCURRENT = 8
 
@@ -50,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="alternating baseline/variant rounds")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--cache-dir", help="where the tiny pipelines are built (default: a temporary directory)")
+    parser.add_argument("--scenarios", default="batching,cache", help="which rows: batching, cache (comma-separated)")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.cache_steps, args.rounds = 8, 12, 2
@@ -64,7 +66,7 @@ async def run_request(engine: ImageEngine, request: ImageRequest) -> bytes:
     return data
 
 
-def make_request(i: int, steps: int, step_cache: bool = False) -> ImageRequest:
+def make_request(i: int, steps: int, step_cache: bool | str = False) -> ImageRequest:
     return ImageRequest(request_id=f"bench-{i}-{time.monotonic_ns()}", model="bench", prompt=f"a red cat number {i}",
                         seed=100 + i, num_inference_steps=steps, step_cache=step_cache)
 
@@ -108,28 +110,28 @@ def psnr(a: bytes, b: bytes) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def deep_computes(engine: ImageEngine) -> int:
-    cache = engine.loaded.step_cache
+def deep_computes(engine: ImageEngine, kind: str) -> int:
+    cache = engine.loaded.step_caches[kind]
     return cache.num_full if hasattr(cache, "num_full") else cache.num_tail_runs
 
 
-async def bench_step_cache(model_dir: Path, args, label: str) -> Row:
+async def bench_step_cache(model_dir: Path, args, label: str, kind: str) -> Row:
     engine = await start_engine(model_dir, max_batch=1)
-    times = {False: [], True: []}
+    times = {False: [], kind: []}
     psnrs, num_deep, num_calls = [], 0, 0
     for i in range(args.rounds):
         images = {}
-        for cached in (False, True):
-            deep_before, calls_before = deep_computes(engine), engine.stats.num_denoiser_calls
+        for cached in (False, kind):
+            deep_before, calls_before = deep_computes(engine, kind), engine.stats.num_denoiser_calls
             started = time.perf_counter()
             images[cached] = await run_request(engine, make_request(i, args.cache_steps, step_cache=cached))
             times[cached].append(time.perf_counter() - started)
             if cached:
-                num_deep += deep_computes(engine) - deep_before
+                num_deep += deep_computes(engine, kind) - deep_before
                 num_calls += engine.stats.num_denoiser_calls - calls_before
-        psnrs.append(psnr(images[False], images[True]))
+        psnrs.append(psnr(images[False], images[kind]))
     await engine.stop()
-    base, fast = statistics.median(times[False]), statistics.median(times[True])
+    base, fast = statistics.median(times[False]), statistics.median(times[kind])
     worst = min(psnrs)
     return Row(label, model_dir.name, f"{base:.3f} s/img uncached", f"{fast:.3f} s/img cached", base / fast,
                f"PSNR min {worst:.1f} dB; deep blocks ran {num_deep}/{num_calls} calls", ">= 1.5x, >= 30 dB",
@@ -145,17 +147,21 @@ def report(rows: list[Row], header: str, as_json: bool) -> None:
 
 async def main_async(args) -> list[Row]:
     cache_dir = Path(args.cache_dir or tempfile.mkdtemp(prefix="bench-image-"))
-    micro_dir = ensure_tiny_image(cache_dir, "sd", "micro")  # what `diffmesh up` serves
+    micro_dir = ensure_tiny_image(cache_dir, "sd", "micro")  # random weights (`--tiny-family sd`)
     sd_dir = ensure_tiny_image(cache_dir, "sd", "tiny")
     flux_dir = ensure_tiny_image(cache_dir, "flux")
-    return [
-        await bench_batching(micro_dir, args),
-        await bench_batching(sd_dir, args),
-        await bench_batching(sd_dir, args, batch_invariant=False),
-        await bench_batching(flux_dir, args),
-        await bench_step_cache(sd_dir, args, "step cache (UNet, adaptive DeepCache)"),
-        await bench_step_cache(flux_dir, args, "step cache (DiT, First Block Cache)"),
-    ]
+    scenarios = set(args.scenarios.split(","))
+    rows = []
+    if "batching" in scenarios:
+        rows += [await bench_batching(DEMO_MODEL_DIR, args), await bench_batching(micro_dir, args),
+                 await bench_batching(sd_dir, args),
+                 await bench_batching(sd_dir, args, batch_invariant=False), await bench_batching(flux_dir, args)]
+    if "cache" in scenarios:
+        rows += [await bench_step_cache(DEMO_MODEL_DIR, args, "step cache (UNet, adaptive DeepCache)", "deepcache"),
+                 await bench_step_cache(sd_dir, args, "step cache (UNet, adaptive DeepCache)", "deepcache"),
+                 await bench_step_cache(flux_dir, args, "step cache (DiT, First Block Cache)", "first_block"),
+                 await bench_step_cache(flux_dir, args, "step cache (DiT, TeaCache)", "teacache")]
+    return rows
 
 
 def main(argv=None) -> int:

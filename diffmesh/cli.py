@@ -28,9 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nats-port", type=int, default=4222, help="embedded NATS port (a free one if taken)")
     up.add_argument("--mocker", type=int, default=1, help="mocker workers to start")
     up.add_argument("--dllm", type=int, default=1, help="dLLM workers to start (tiny default model built on first run)")
-    up.add_argument("--image", type=int, default=1, help="image workers to start (tiny default pipeline built on first run)")
+    up.add_argument("--image", type=int, default=1, help="image workers to start (the trained demo shapes model, tiny-sd)")
     up.add_argument("--encode", type=int, help="vision encode workers to start (default: 1 when a dLLM worker starts; "
                                                "the tiny dLLM takes images through it)")
+    up.add_argument("--demo-dllm", type=int, default=1,
+                    help="dLLM workers on the trained demo model (demo-dllm: answers templated prompts), beside tiny-dllm")
+    up.add_argument("--video", type=int, default=0,
+                    help="video workers to start (a tiny random Wan2.1 pipeline, tiny-wan, built on first run)")
     up.add_argument("--mocker-speedup", type=float, default=1.0, help="mocker speedup ratio ('inf' = no simulated time)")
     up.add_argument("--namespace")
     add_drain_flag(up)

@@ -122,11 +122,14 @@ def _worker_commands(args: argparse.Namespace, nats_url: str) -> list[list[str]]
     kinds = available_kinds()
     commands = [base + ["mocker", *common, "--speedup-ratio", str(args.mocker_speedup)] for _ in range(args.mocker)]
     encoders = args.encode if args.encode is not None else (1 if args.dllm else 0)  # the dLLM's images need one
-    for kind, count in (("encode", encoders), ("dllm", args.dllm), ("image", args.image)):
+    demo = ["--tiny", "demo"]
+    for kind, count, extra in (("encode", encoders, []), ("dllm", args.dllm, []),
+                               ("dllm", getattr(args, "demo_dllm", 0), demo), ("image", args.image, []),
+                               ("image", getattr(args, "video", 0), ["--tiny-family", "wan"])):
         if count and kind not in kinds:
             print(f"diffmesh up: no {kind} worker in this install (pip install 'diffmesh[ml]'); skipping it", file=sys.stderr)
             continue
-        commands += [base + [kind, *common] for _ in range(count)]
+        commands += [base + [kind, *common, *extra] for _ in range(count)]
     return commands
 
 
@@ -211,12 +214,19 @@ async def _announce_ready(url: str, expected: int, stop: asyncio.Event) -> None:
 def _examples(url: str, models: list[dict]) -> str:
     """A ready-to-paste curl per kind of model that came up."""
     lines = []
-    chat = next((m["id"] for m in models if "chat" in m["kinds"]), None)
+    chats = [m["id"] for m in models if "chat" in m["kinds"]]
+    chat = next((name for name in chats if name != "mocker"), chats[0] if chats else None)
     image = next((m["id"] for m in models if "images" in m["kinds"]), None)
-    vision = next((m["id"] for m in models if "image" in m.get("input_modalities", [])), None)
+    vision = next((m["id"] for m in models if "image" in m.get("input_modalities", []) and "chat" in m["kinds"]), None)
+    demo = next((m["id"] for m in models if m["id"] == "demo-dllm"), None)
+    video = next((m["id"] for m in models if "videos" in m["kinds"]), None)
     if chat:
         lines.append(f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
                      f"    -d '{{\"model\": \"{chat}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'\n")
+    if demo:
+        lines.append(f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+                     f"    -d '{{\"model\": \"{demo}\", \"messages\": [{{\"role\": \"user\", \"content\": "
+                     f"\"i have a pink dog. what color is my dog?\"}}]}}'\n")
     if vision:
         part = f'{{"type": "image_url", "image_url": {{"url": "{solid_png_data_url((200, 40, 40), 4)}"}}}}'
         lines.append(f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
@@ -224,7 +234,9 @@ def _examples(url: str, models: list[dict]) -> str:
                      f"[{{\"type\": \"text\", \"text\": \"What colour?\"}}, {part}]}}]}}'\n")
     if image:
         lines.append(f"  curl {url}/v1/images/generations -H 'Content-Type: application/json' \\\n"
-                     f"    -d '{{\"model\": \"{image}\", \"prompt\": \"a red cat\", \"response_format\": \"url\"}}'\n")
+                     f"    -d '{{\"model\": \"{image}\", \"prompt\": \"a red circle on blue\", \"response_format\": \"url\"}}'\n")
+    if video:
+        lines.append(f"  curl {url}/v1/videos -F model={video} -F prompt='a red ball' -F num_frames=9\n")
     return "\n".join(lines)
 
 

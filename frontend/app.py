@@ -10,7 +10,7 @@ import nats
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from frontend import images, models, text
+from frontend import images, models, text, videos
 from frontend.auth import auth_middleware
 from frontend.limits import Admission, admission_middleware
 from frontend.bus import Requester
@@ -127,6 +127,12 @@ def build_app(config: FrontendConfig, exported: FrontendMetrics | None = None) -
     app.router.add_post("/v1/chat/completions", text.chat_completions)
     app.router.add_post("/v1/completions", text.completions)
     app.router.add_post("/v1/images/generations", images.generations)
+    app.router.add_post("/v1/images/edits", images.edits)
+    app.router.add_post("/v1/videos", videos.create)
+    app.router.add_get("/v1/videos", videos.list_videos)
+    app.router.add_get("/v1/videos/{video_id}", videos.retrieve)
+    app.router.add_delete("/v1/videos/{video_id}", videos.delete)
+    app.router.add_get("/v1/videos/{video_id}/content", videos.content)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model:.+}", models.retrieve_model)
     app.router.add_get("/health", health)
@@ -150,12 +156,13 @@ def _bus_context(config: FrontendConfig, exported: FrontendMetrics | None):
         await requester.start()
         await router_service.start()
         media = ImageLoader(config.media)
+        jobs = videos.VideoJobs(nc, config.namespace, config.media_dir)
         metrics = exported or FrontendMetrics()
         metrics.router.attach(router_service.router)
         flusher = asyncio.create_task(_flush_metrics(metrics))
         app[NC] = nc
         app[STATE] = AppState(config, requester, router_service, registry, metrics, media,
-                              BlobStore(nc, config.namespace, config.max_inline_bytes))
+                              BlobStore(nc, config.namespace, config.max_inline_bytes), jobs)
         yield
         flusher.cancel()
         await router_service.stop()

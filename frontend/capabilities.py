@@ -7,13 +7,13 @@ The rules live in frontend/fields.py; this module applies them and adds the cros
 from __future__ import annotations
 
 from frontend.fields import (
-    CARRIED_FEATURES, CHAT, COMPLETIONS, CONTENT_PARTS, IMAGES, MESSAGE, PART_MODALITIES, ROLE_FEATURES, ROLE_FIELDS, Rule,
+    CARRIED_FEATURES, CHAT, COMPLETIONS, CONTENT_PARTS, IMAGE_EDITS, IMAGES, MESSAGE, PART_MODALITIES, ROLE_FEATURES, ROLE_FIELDS, Rule,
     struct_tag,
 )
 from protocol.errors import InvalidRequest
 from protocol.events import ModelCard
 from protocol.openai import ChatCompletionRequest, ChatMessage, CompletionRequest, TextRequest
-from protocol.openai_images import ImageGenerationRequest
+from protocol.openai_images import ImageEditRequest, ImageGenerationRequest
 
 
 def has_feature(card: ModelCard, feature: str) -> bool:
@@ -83,8 +83,8 @@ def check_completion(req: CompletionRequest, card: ModelCard) -> None:
         raise InvalidRequest("best_of cannot be streamed", param="$.best_of")
 
 
-def check_image(req: ImageGenerationRequest, card: ModelCard) -> None:
-    check_fields(req, IMAGES, card)
+def check_image(req: ImageGenerationRequest | ImageEditRequest, card: ModelCard) -> None:
+    check_fields(req, IMAGE_EDITS if isinstance(req, ImageEditRequest) else IMAGES, card)
 
 
 def _check_stream_options(req: TextRequest) -> None:

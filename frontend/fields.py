@@ -143,6 +143,25 @@ IMAGES: dict[str, Rule] = {
     "svg": needs("svg", "SVG output only"),
 }
 
+IMAGE_EDITS: dict[str, Rule] = {
+    **{name: rule for name, rule in IMAGES.items() if name not in ("moderation", "style")},
+    "image": supported("one PNG, JPEG or WEBP file (4 MB, 16 M pixels); a list of one works, more is a 400"),
+    "mask": supported("PNG with alpha, the image's size: fully transparent pixels are repainted (inpaint pipeline)"),
+    "markup": needs("svg", "SVG edits only"),
+    "size": supported("`WxH` within the model's bounds and multiple, or `auto` (the input image's size)"),
+    "input_fidelity": supported("`high` keeps more of the input (strength 0.5), `low` the default (0.8; 1.0 with a mask)"),
+    "stream": supported("SSE `image_edit.partial_image` / `image_edit.completed` events"),
+}
+
+VIDEOS: dict[str, Rule] = {
+    "prompt": supported("up to 32000 characters"),
+    "model": supported("a video model; may be left out when exactly one is served"),
+    "seconds": supported("any duration; frames = seconds x fps snapped to the model's grid (1 + 4k for Wan), "
+                         "the actual length in the answer's `seconds`"),
+    "size": supported("`WxH` within the model's bounds and multiple (the model's default when left out)"),
+    "input_reference": needs("image_to_video", "image-to-video is not served here"),
+}
+
 STREAM_OPTIONS: dict[str, Rule] = {
     "include_usage": supported("last chunk carries the usage"),
     "include_obfuscation": supported("random `obfuscation` padding on every chunk"),
@@ -181,6 +200,7 @@ CONTENT_PARTS: dict[str, Rule] = {
 PART_MODALITIES = {"image_url": "image", "input_audio": "audio", "file": "file"}
 
 TABLES = {"POST /v1/chat/completions": CHAT, "POST /v1/completions": COMPLETIONS, "POST /v1/images/generations": IMAGES,
+          "POST /v1/images/edits": IMAGE_EDITS, "POST /v1/videos": VIDEOS,
           "chat `messages[]`": MESSAGE, "chat `messages[].content[]` part types": CONTENT_PARTS,
           "`stream_options`": STREAM_OPTIONS}
 KIND_LABELS = {"supported": "yes", "inert": "accepted, no effect", "feature": "model feature"}

@@ -1,4 +1,4 @@
-"""POST /v1/images/generations: validate, route (approximate mode), collect or stream images."""
+"""POST /v1/images/generations and /v1/images/edits: validate, route (approximate mode), collect or stream images."""
 
 from __future__ import annotations
 
@@ -15,49 +15,113 @@ from frontend.errors import decode_body, envelope, error_response
 from frontend.limits import check_image_limits
 from frontend.state import STATE, AppState, Dispatched, new_request_id, raise_if_error, read_body, serve_request
 from frontend.text import DONE, SSE_HEADERS
+from frontend.uploads import Form, convert_form, file_param, read_form
 from protocol.errors import InvalidRequest, MeshError, ModelNotFound
 from protocol.openai import json_encoder
 from protocol.openai_images import (
-    ImageCompletedEvent, ImageData, ImageGenerationRequest, ImageNvExt, ImagePartialEvent, ImagesResponse, ImageUsage,
-    image_decoder,
+    ImageCompletedEvent, ImageData, ImageEditCompletedEvent, ImageEditPartialEvent, ImageEditRequest,
+    ImageGenerationRequest, ImageNvExt, ImagePartialEvent, ImagesResponse, ImageUsage, image_decoder,
 )
 from protocol.routing import RouteRequest
 from protocol.work import Final, ImageOutput, ImageRequest
+from shell.upload import UploadLimits, decode_upload
+
+FIDELITY_STRENGTH = {"high": 0.5, "low": None}  # input_fidelity -> nvext.strength default (None = the worker's)
 
 
 async def generations(request: web.Request) -> web.StreamResponse:
+    return await _handle(request, "images_generations", _parse_generation)
+
+
+async def edits(request: web.Request) -> web.StreamResponse:
+    return await _handle(request, "images_edits", _parse_edit)
+
+
+async def _handle(request: web.Request, endpoint: str, parse) -> web.StreamResponse:
     state = request.app[STATE]
     model = "unknown"
     try:
-        body = await read_body(request, state.config.max_body_bytes)
-        req = decode_body(image_decoder, body)
-        check_image_limits(req, state.config.limits)
-        entry = await state.registry.get(_pick_model(state, req))
+        req, extra = await parse(request, state)
+        entry = await state.registry.get(pick_model(state, req.model, "images"))
         model = entry.card.name  # a label only once the model is known: client strings must not grow /metrics
         if "images" not in entry.card.kinds:  # not found for this endpoint, as OpenAI answers
             raise ModelNotFound(f"model {model!r} does not generate images", param="$.model")
         check_image(req, entry.card)
-        work = build_image_request(req, model, new_request_id(request_id_var.get() or "img"))
+        work = build_image_request(req, model, new_request_id(request_id_var.get() or "img"), **extra)
     except MeshError as exc:
         response = error_response(exc)
-        state.metrics.model(model).request_done("images_generations", "unary", str(response.status))
+        state.metrics.model(model).request_done(endpoint, "unary", str(response.status))
         return response
-    return await _serve(request, state, req, work)
+    return await _serve(request, state, req, work, endpoint)
 
 
-def _pick_model(state: AppState, req: ImageGenerationRequest) -> str:
-    if req.model:
-        return req.model
-    image_models = [name for name, workers in state.registry.live_models().items() if workers[0].component == "image"]
-    if not image_models:
-        raise ModelNotFound("no image model is served here", param="$.model")
-    if len(image_models) > 1:
-        raise InvalidRequest(f"`model` is required when {len(image_models)} image models are served", param="$.model")
-    return image_models[0]
+async def _parse_generation(request: web.Request, state: AppState) -> tuple[ImageGenerationRequest, dict]:
+    req = decode_body(image_decoder, await read_body(request, state.config.max_body_bytes))
+    check_image_limits(req, state.config.limits)
+    if req.nvext and req.nvext.strength is not None:
+        raise InvalidRequest("strength applies to /v1/images/edits only", param="$.nvext.strength")
+    return req, {}
 
 
-def build_image_request(req: ImageGenerationRequest, model: str, request_id: str) -> ImageRequest:
-    """Cross-field checks the schema cannot express, then the bus request (a null field means its default)."""
+async def _parse_edit(request: web.Request, state: AppState) -> tuple[ImageEditRequest, dict]:
+    form = await read_form(request, state.config.max_body_bytes)
+    req = convert_form(form.fields, ImageEditRequest)
+    check_image_limits(req, state.config.limits)
+    if "markup" in form.files:
+        raise InvalidRequest("`markup` needs SVG output, which no diffmesh model writes", param="$.markup")
+    unknown = sorted(set(form.files) - {"image", "mask"})
+    if unknown:
+        raise InvalidRequest(f"unknown file field {unknown[0]!r}", param=f"$.{unknown[0]}")
+    images = [_checked_upload(form, "image", i) for i in range(len(form.files.get("image", [])))]
+    if not images:
+        raise InvalidRequest("image is required: one PNG, JPEG or WEBP file", param="$.image")
+    if len(images) > 1:
+        raise InvalidRequest(f"this mesh's image models edit one input image per request, got {len(images)}",
+                             param="$.image[1]")
+    masks = form.files.get("mask", [])
+    if len(masks) > 1:
+        raise InvalidRequest("mask takes one file", param="$.mask")
+    mask = _checked_upload(form, "mask", 0) if masks else None
+    if mask is not None:
+        _check_mask(decode_upload(mask, "$.mask"), decode_upload(images[0], "$.image"))
+    strength = req.nvext.strength if req.nvext and req.nvext.strength is not None else None
+    if strength is None and req.input_fidelity:
+        strength = FIDELITY_STRENGTH[req.input_fidelity]
+    return req, {"images": images, "mask": mask, "strength": strength}
+
+
+def _checked_upload(form: Form, name: str, index: int) -> bytes:
+    data = form.files[name][index]
+    decode_upload(data, file_param(form, name, index), UploadLimits())
+    return data
+
+
+def _check_mask(mask, image) -> None:
+    if mask.size != image.size:
+        raise InvalidRequest(f"mask is {mask.width}x{mask.height} but the image is {image.width}x{image.height}; "
+                             "they must match", param="$.mask")
+    if "A" not in mask.getbands() and mask.info.get("transparency") is None:
+        raise InvalidRequest("mask must have an alpha channel: fully transparent pixels mark where to edit",
+                             param="$.mask")
+
+
+def pick_model(state: AppState, model: str | None, kind: str) -> str:
+    """The requested model, or the only live model of `kind` ("images", "videos") when none is named."""
+    if model:
+        return model
+    names = [name for name, workers in state.registry.live_models().items()
+             if workers[0].component == "image" and kind in (workers[0].kinds or ["images"])]
+    if not names:
+        raise ModelNotFound(f"no {kind[:-1]} model is served here", param="$.model")
+    if len(names) > 1:
+        raise InvalidRequest(f"`model` is required when {len(names)} {kind} models are served", param="$.model")
+    return names[0]
+
+
+def build_image_request(req: ImageGenerationRequest | ImageEditRequest, model: str, request_id: str,
+                        **edit) -> ImageRequest:
+    """Cross-field checks the schema cannot express, then the bus request (a null field means its default;
+    `edit`: the input images, mask and strength of an edit)."""
     output_format, background = req.output_format or "png", req.background or "auto"
     if background == "transparent" and output_format == "jpeg":
         raise InvalidRequest("background=transparent needs output_format png or webp", param="$.background")
@@ -75,7 +139,8 @@ def build_image_request(req: ImageGenerationRequest, model: str, request_id: str
                         seed=_seed(req, ext), output_format=output_format,
                         output_compression=req.output_compression, background=background,
                         response_format=req.response_format or "b64_json", user=req.safety_identifier or req.user,
-                        stream=bool(req.stream), partial_images=req.partial_images or 0, step_cache=ext.step_cache)
+                        stream=bool(req.stream), partial_images=req.partial_images or 0, step_cache=ext.step_cache,
+                        **edit)
 
 
 def _seed(req: ImageGenerationRequest, ext: ImageNvExt) -> int:
@@ -89,7 +154,7 @@ def routing_tokens(work: ImageRequest) -> bytes:
     return np.frombuffer(work.prompt.encode(), dtype=np.uint8).astype("<i4").tobytes()
 
 
-async def _serve(request: web.Request, state: AppState, req: ImageGenerationRequest, work: ImageRequest) -> web.StreamResponse:
+async def _serve(request: web.Request, state: AppState, req, work: ImageRequest, endpoint: str) -> web.StreamResponse:
     route = RouteRequest(request_id=work.request_id, model=work.model, token_ids=routing_tokens(work),
                          worker_id=req.nvext.worker_id if req.nvext else None)
 
@@ -98,7 +163,7 @@ async def _serve(request: web.Request, state: AppState, req: ImageGenerationRequ
             return await _stream(request, dispatched, work)
         return await _collect(state, dispatched, work)
 
-    return await serve_request(state, route, work, "images_generations", work.stream, respond)
+    return await serve_request(state, route, work, endpoint, work.stream, respond)
 
 
 def _image_data(out: ImageOutput) -> ImageData:
@@ -145,10 +210,10 @@ async def _stream(request: web.Request, d: Dispatched, req: ImageRequest) -> web
 def _event(out: ImageOutput, req: ImageRequest) -> bytes:
     common = dict(b64_json=base64.b64encode(out.data).decode(), created_at=int(time.time()), output_format=out.output_format,
                   size=f"{out.width}x{out.height}", quality=req.quality, background=req.background)
+    is_edit = bool(req.images)
     if out.partial_index is not None:
-        event = ImagePartialEvent(partial_image_index=out.partial_index, **common)
-        name = b"image_generation.partial_image"
+        event = (ImageEditPartialEvent if is_edit else ImagePartialEvent)(partial_image_index=out.partial_index, **common)
     else:
-        event = ImageCompletedEvent(usage=ImageUsage(), **common)
-        name = b"image_generation.completed"
+        event = (ImageEditCompletedEvent if is_edit else ImageCompletedEvent)(usage=ImageUsage(), **common)
+    name = type(event).__struct_config__.tag.encode()
     return b"event: " + name + b"\ndata: " + json_encoder.encode(event) + b"\n\n"

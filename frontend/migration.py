@@ -99,12 +99,12 @@ class Continue(Restart):
 class MigratingStream:
     """The replies of one request, whichever workers serve it; `next()` never returns an Ack or an Error."""
 
-    def __init__(self, state, route: RouteRequest, resume: Restart, model: str):
+    def __init__(self, state, route: RouteRequest, resume: Restart, model: str, timeout_s: float | None = None):
         self.state = state  # frontend.state.AppState
         self.route = route
         self.resume = resume
         self.model = model
-        self.deadline = time.monotonic() + state.config.request_timeout_s
+        self.deadline = time.monotonic() + (timeout_s or state.config.request_timeout_s)  # videos: video_timeout_s
         self.num_attempts = 0
         self.excluded: list[str] = []
         self.bus_id = route.request_id

@@ -39,7 +39,7 @@ async def _info(state, name: str, workers: list[WorkerCard]) -> ModelInfo:
     try:
         card = (await state.registry.get(name)).card
     except MeshError:  # live but its card is not in the registry yet: what the heartbeats tell
-        kinds = COMPONENT_KINDS.get(workers[0].component, ["chat", "completions"])
+        kinds = workers[0].kinds or COMPONENT_KINDS.get(workers[0].component, ["chat", "completions"])
         return ModelInfo(id=name, created=created, kinds=kinds, workers=len(workers), component=workers[0].component)
     return model_info(card, created, len(workers))
 

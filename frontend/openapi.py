@@ -5,20 +5,26 @@ from __future__ import annotations
 import msgspec
 
 from protocol.openai import ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, ErrorEnvelope, ModelInfo, ModelList
-from protocol.openai_images import ImageGenerationRequest, ImagesResponse
+from protocol.openai_images import ImageEditRequest, ImageGenerationRequest, ImagesResponse
+from protocol.openai_videos import Video, VideoCreateRequest
 from shell.config import RequestLimits
 
 REQUEST_TYPES = {
     "/v1/chat/completions": ChatCompletionRequest,
     "/v1/completions": CompletionRequest,
     "/v1/images/generations": ImageGenerationRequest,
+    "/v1/images/edits": ImageEditRequest,
+    "/v1/videos": VideoCreateRequest,
 }
 RESPONSE_TYPES = {
     "/v1/chat/completions": ChatCompletion,
     "/v1/completions": Completion,
     "/v1/images/generations": ImagesResponse,
+    "/v1/images/edits": ImagesResponse,
+    "/v1/videos": Video,
 }
 ERROR_STATUSES = ("400", "401", "404", "413", "502", "503", "504")
+MULTIPART = ("/v1/images/edits", "/v1/videos")  # form fields as the schema says, files beside them
 
 
 def build_openapi(version: str = "0.1.0", limits: RequestLimits | None = None, models: list[str] = ()) -> dict:
@@ -38,7 +44,8 @@ def build_openapi(version: str = "0.1.0", limits: RequestLimits | None = None, m
               "content": {"application/json": {"schema": refs[RESPONSE_TYPES[path]]}, "text/event-stream": {}}}
         paths[path] = {"post": {
             "operationId": path.strip("/").replace("/", "_"),
-            "requestBody": {"required": True, "content": {"application/json": {"schema": refs[request_type]}}},
+            "requestBody": {"required": True, "content": {
+                "multipart/form-data" if path in MULTIPART else "application/json": {"schema": refs[request_type]}}},
             "responses": {"200": ok, **{code: error for code in ERROR_STATUSES}},
         }}
     paths["/v1/models"] = {"get": {"operationId": "v1_models", "responses": {

@@ -33,6 +33,7 @@ class AppState:
     metrics: FrontendMetrics
     media: ImageLoader  # chat image parts
     blobs: BlobStore  # bytes too large for one bus message
+    videos: object = None  # frontend.videos.VideoJobs: video job records and the tasks following them
 
 
 STATE: web.AppKey[AppState] = web.AppKey("diffmesh_state", AppState)
@@ -91,11 +92,11 @@ def raise_if_error(reply: Reply) -> Reply:
     return reply
 
 
-async def dispatch(state: AppState, route: RouteRequest, work, model: str) -> Dispatched:
+async def dispatch(state: AppState, route: RouteRequest, work, model: str, timeout_s: float | None = None) -> Dispatched:
     """Route, send and wait for the first reply; the request moves to another worker whenever its worker fails
     (frontend.migration), before its first reply or after."""
     resume = Continue(work) if isinstance(work, GenerateRequest) else Restart(work)
-    stream = MigratingStream(state, route, resume, model)
+    stream = MigratingStream(state, route, resume, model, timeout_s)
     try:
         return Dispatched(stream, await stream.start())
     except BaseException:  # an error, or the client went away (or a sibling choice failed) before the first reply

@@ -64,6 +64,7 @@ class WorkerCard(msgspec.Struct, frozen=True, kw_only=True):
     block_size: int = 0  # KV block size in tokens; 0 = no token cache
     kv_total_blocks: int = 0
     publishes_kv_events: bool = False  # False: routed in approximate mode
+    kinds: list[str] = []  # endpoints it serves (images, videos, ...); [] = its component's default
     host: str = ""
     pid: int = 0
     started_at: float = 0.0  # unix seconds
@@ -85,7 +86,7 @@ class Goodbye(EventMsg, kw_only=True, tag="goodbye"):
 
 Event = KvEventBatch | LoadReport | Heartbeat | Goodbye
 
-ModelKind = Literal["chat", "completions", "images", "embeddings"]
+ModelKind = Literal["chat", "completions", "images", "videos", "embeddings"]
 
 # Optional request features a model may list in `ModelCard.features`; the frontend answers a request that uses a
 # feature its model does not list with a 400 naming the field (frontend/capabilities.py holds the field table).

@@ -84,6 +84,11 @@ def files_bucket(ns: str) -> str:
     return f"{ns}_model_files"
 
 
+def videos_bucket(ns: str) -> str:
+    """JetStream KV bucket of video jobs (status, progress, where the MP4 is), shared by every frontend."""
+    return f"{ns}_videos"
+
+
 def blobs_bucket(ns: str) -> str:
     """JetStream Object Store bucket of per-request media and embeddings too large for one message (with a TTL)."""
     return f"{ns}_blobs"

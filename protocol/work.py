@@ -72,7 +72,7 @@ class GenerateRequest(BusMsg, kw_only=True, tag="generate"):
 
 
 class ImageRequest(BusMsg, kw_only=True, tag="image"):
-    """Text-to-image generation, already validated against the OpenAI schema by the frontend."""
+    """Text-to-image generation or an edit (`images` set), already validated against the OpenAI schema."""
 
     request_id: str
     model: str
@@ -92,8 +92,33 @@ class ImageRequest(BusMsg, kw_only=True, tag="image"):
     user: str | None = None
     stream: bool = False
     partial_images: int = 0
-    step_cache: bool | None = None  # None = the worker's default
+    step_cache: bool | str | None = None  # None = the worker's default; a name picks deepcache/first_block/teacache
+    images: list[bytes] = []  # edits: encoded input images (checked by the frontend's upload limits)
+    mask: bytes | None = None  # edits: PNG whose fully transparent pixels mark where to repaint
+    strength: float | None = None  # edits: fraction of the steps the input is re-noised by; None = 0.8 (or 1 with a mask)
     deadline_s: float | None = None
+
+
+class VideoRequest(BusMsg, kw_only=True, tag="video"):
+    """Text-to-video generation (POST /v1/videos), validated against the schema by the frontend."""
+
+    request_id: str
+    model: str
+    prompt: str
+    width: int | None = None  # None = the model's default size
+    height: int | None = None
+    num_frames: int | None = None  # None: from `seconds` x fps, else the model's default
+    seconds: float | None = None
+    fps: int | None = None  # None = the model's default frame rate
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    step_cache: bool | str | None = None
+    user: str | None = None
+    deadline_s: float | None = None
+
+
 
 
 class EncodeRequest(BusMsg, kw_only=True, tag="encode"):
@@ -107,7 +132,7 @@ class EncodeRequest(BusMsg, kw_only=True, tag="encode"):
     deadline_s: float | None = None
 
 
-WorkRequest = GenerateRequest | ImageRequest | EncodeRequest
+WorkRequest = GenerateRequest | ImageRequest | VideoRequest | EncodeRequest
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -116,6 +141,7 @@ class Usage(msgspec.Struct, kw_only=True):
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
     forward_passes: int = 0  # model forwards spent on this request (NFE)
     images: int = 0
+    frames: int = 0  # video frames produced
 
 
 class TokenLogprobs(msgspec.Struct, frozen=True, kw_only=True):
@@ -180,6 +206,35 @@ class ImageOutput(BusMsg, kw_only=True, tag="image_output"):
     partial_index: int | None = None
 
 
+class VideoProgress(BusMsg, kw_only=True, tag="video_progress"):
+    """A video job's state: sent on acceptance (queued), when it starts, and after every denoising step."""
+
+    request_id: str
+    seq: int
+    is_running: bool = False  # False: accepted, waiting for the pipeline
+    step: int = 0  # denoising steps done
+    num_steps: int = 0
+    num_frames: int = 0  # what the job will produce (after defaults)
+    width: int = 0
+    height: int = 0
+    fps: int = 0
+
+
+class VideoOutput(BusMsg, kw_only=True, tag="video_output"):
+    """The finished MP4, stored in the worker's media store under `key` (public `url`)."""
+
+    request_id: str
+    seq: int
+    key: str
+    url: str
+    num_bytes: int
+    num_frames: int
+    width: int
+    height: int
+    fps: int
+    content_type: str = "video/mp4"
+
+
 class EmbeddingOutput(BusMsg, kw_only=True, tag="embedding"):
     """An image's embedding ([tokens, hidden], projected to the language model's hidden size)."""
 
@@ -214,7 +269,7 @@ class Error(BusMsg, kw_only=True, tag="error"):
     retry_after: float | None = None
 
 
-Reply = Ack | Chunk | ImageOutput | EmbeddingOutput | Final | Error
+Reply = Ack | Chunk | ImageOutput | VideoProgress | VideoOutput | EmbeddingOutput | Final | Error
 
 work_encoder = msgspec.msgpack.Encoder()
 work_decoder = msgspec.msgpack.Decoder(WorkRequest)

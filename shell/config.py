@@ -108,6 +108,7 @@ class FrontendConfig:
     max_inflight: int = 1024  # requests one frontend serves at once; more get 503 + Retry-After at once
     limits: RequestLimits = field(default_factory=RequestLimits, metadata={"env": "LIMIT"})  # DIFFMESH_LIMIT_*
     request_timeout_s: float = 600.0
+    video_timeout_s: float = 3600.0  # a video job (POST /v1/videos) may run this long on its worker
     migration_limit: int = 3  # re-sends of one request to other workers (worker lost, stalled, full); 0 = none
     stall_timeout_s: float = 15.0  # a reply stream quiet this long lost its worker (workers keep alive every 2 s)
     api_key: str | None = field(default=None, repr=False)  # when set, requests need `Authorization: Bearer <key>`
@@ -133,8 +134,9 @@ class FrontendConfig:
         if self.migration_limit < 0 or self.stall_timeout_s < 0:
             raise ConfigError(f"migration_limit={self.migration_limit} and stall_timeout_s={self.stall_timeout_s} "
                               "must be >= 0")
-        if not self.request_timeout_s > 0:
-            raise ConfigError(f"request_timeout_s={self.request_timeout_s} must be > 0")
+        for name in ("request_timeout_s", "video_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be > 0")
         if self.join_warmup_s < 0:
             raise ConfigError(f"join_warmup_s={self.join_warmup_s} must be >= 0")
         if self.workers < 0:

@@ -52,6 +52,7 @@ def add_frontend_flags(parser: argparse.ArgumentParser) -> None:
                                                "/openapi.json,/v1/files/; '' or ',' protects them all)")
     parser.add_argument("--media-dir", help="local image store served at /v1/files/ (env DIFFMESH_MEDIA_DIR)")
     parser.add_argument("--request-timeout", type=float, dest="request_timeout_s", help="seconds per request")
+    parser.add_argument("--video-timeout", type=float, dest="video_timeout_s", help="seconds a video job may run (3600)")
     parser.add_argument("--migration-limit", type=int,
                         help="re-sends of a request to another worker when its worker is lost, mid-stream included "
                              "(env DIFFMESH_MIGRATION_LIMIT, default 3; 0 = off)")
@@ -88,8 +89,8 @@ def frontend_config(args: argparse.Namespace, **overrides) -> FrontendConfig:
                   api_key=args.api_key, api_key_file=args.api_key_file, public_paths=args.public_paths,
                   media_dir=args.media_dir, request_timeout_s=args.request_timeout_s,
                   migration_limit=args.migration_limit, stall_timeout_s=args.stall_timeout_s,
-                  max_body_bytes=args.max_body_bytes, max_inflight=args.max_inflight, limits=limits_config(args),
-                  workers=args.workers,
+                  max_body_bytes=args.max_body_bytes, video_timeout_s=args.video_timeout_s, max_inflight=args.max_inflight,
+                  limits=limits_config(args), workers=args.workers,
                   media=media_from_env(allowed_hosts=args.media_allowed_hosts, max_bytes=args.media_max_bytes,
                                        max_pixels=args.media_max_pixels, timeout_s=args.media_timeout_s))
     return from_env(FrontendConfig, **{**values, **overrides})

@@ -55,7 +55,7 @@ def started_mesh(num_mockers: int):
     """`diffmesh up` with mockers only, until every mocker is live; SIGINT at the end."""
     port = free_port()
     command = [str(BIN / "diffmesh"), "--log-format", "json", "--log-level", "WARNING", "up", "--host", "127.0.0.1",
-               "--port", str(port), "--nats-port", str(free_port()), "--mocker", str(num_mockers), "--dllm", "0",
+               "--port", str(port), "--nats-port", str(free_port()), "--mocker", str(num_mockers), "--dllm", "0", "--demo-dllm", "0",
                "--image", "0"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

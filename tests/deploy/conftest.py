@@ -32,7 +32,7 @@ def mesh_up(tmp_path_factory):
     """The README's one command, as a subprocess on free ports; SIGINT at the end, as Ctrl-C would."""
     port, log_path = free_port(), tmp_path_factory.mktemp("up") / "up.log"
     command = [str(Path(sys.executable).parent / "diffmesh"), "--log-format", "json", "up", "--host", "127.0.0.1",
-               "--port", str(port), "--nats-port", str(free_port()), "--mocker", str(NUM_MOCKERS), "--dllm", "0",
+               "--port", str(port), "--nats-port", str(free_port()), "--mocker", str(NUM_MOCKERS), "--dllm", "0", "--demo-dllm", "0",
                "--image", "0"]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -25,6 +25,7 @@ from PIL import Image
 from shell.bus import free_port
 from tests.meshkit import child_pids, is_gone
 from tests.imagekit import data_url, encoded
+from workers.image import shapes
 
 pytestmark = pytest.mark.slow
 START_TIMEOUT_S = 300.0
@@ -107,7 +108,7 @@ def _check_health_checks(url: str) -> None:
         models = json.load(response)["data"]
     modalities = {m["id"]: (m["input_modalities"], m["output_modalities"]) for m in models}
     assert modalities == {"mocker": (["text"], ["text"]), "tiny-dllm": (["text", "image"], ["text"]),
-                          "tiny-sd": (["text"], ["image"])}
+                          "demo-dllm": (["text"], ["text"]), "tiny-sd": (["text", "image"], ["image"])}  # edits: image in
     for model in models:
         check = model["health_check"]
         request = urllib.request.Request(url + check["path"], data=json.dumps(check["body"]).encode(),
@@ -150,15 +151,19 @@ def test_up_serves_every_kind_chat_with_images_included_then_stops_cleanly_on_ct
         assert re.search(rf"HTTP http://127\.0\.0\.1:{port}\s+NATS nats://", text) and "curl http://" in text
         assert "image_url" in text  # a ready-to-paste multimodal curl
         children = child_pids(process.pid)
-        assert len(children) == 7  # nats-server, mocker, encode, two dLLM and image workers, a second frontend process
+        assert len(children) == 8  # nats-server, mocker, encode, two dLLM, the demo dLLM and image workers, a frontend
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         models = {m.id for m in client.models.list().data}
-        assert models == {"mocker", "tiny-dllm", "tiny-sd"}  # the encoder serves the dLLM, not clients
+        assert models == {"mocker", "tiny-dllm", "demo-dllm", "tiny-sd"}  # the encoder serves the dLLM, not clients
         for model in ("mocker", "tiny-dllm"):
             chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=8)
             assert chat.usage.completion_tokens > 0
-        image = client.images.generate(model="tiny-sd", prompt="a red cat", size="64x64")
-        assert Image.open(io.BytesIO(base64.b64decode(image.data[0].b64_json))).size == (64, 64)
+        question = [{"role": "user", "content": "i have a pink dog. what color is my dog?"}]  # held out of its training
+        chat = client.chat.completions.create(model="demo-dllm", messages=question, max_tokens=32)
+        assert chat.choices[0].message.content.replace(" .", ".") == "your dog is pink."
+        image = client.images.generate(model="tiny-sd", prompt="a red circle on blue", size="64x64", extra_body={"seed": 1})
+        picture = Image.open(io.BytesIO(base64.b64decode(image.data[0].b64_json)))  # the trained shapes model
+        assert picture.size == (64, 64) and shapes.colour_share(picture, "red", shapes.centre_disk(9)) >= 0.6
         _check_multimodal(client, url, images.url)
         _check_health_checks(url)
         _check_locust_multimodal_user(url, tmp_path)

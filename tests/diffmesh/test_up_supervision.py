@@ -79,7 +79,7 @@ def _workers(up: Up, model: str) -> list[str]:
 
 
 def test_sigkill_of_up_leaves_no_process_of_its_tree_alive(tmp_path):
-    up = Up(tmp_path, "--mocker", "1", "--dllm", "1", "--image", "0")  # and the encode worker the dLLM needs
+    up = Up(tmp_path, "--demo-dllm", "0", "--mocker", "1", "--dllm", "1", "--image", "0")  # and the encode worker the dLLM needs
     try:
         up.wait_ready()
         tree = up.tree()
@@ -92,7 +92,7 @@ def test_sigkill_of_up_leaves_no_process_of_its_tree_alive(tmp_path):
 
 
 def test_killed_worker_is_restarted_counted_in_metrics_and_serves_again(tmp_path):
-    up = Up(tmp_path, "--mocker", "1", "--dllm", "0", "--image", "0", "--mocker-speedup", "inf", "--restart-backoff", "0.1")
+    up = Up(tmp_path, "--demo-dllm", "0", "--mocker", "1", "--dllm", "0", "--image", "0", "--mocker-speedup", "inf", "--restart-backoff", "0.1")
     try:
         up.wait_ready()
         [old_id] = _workers(up, "mocker")
@@ -119,7 +119,7 @@ def test_killed_worker_is_restarted_counted_in_metrics_and_serves_again(tmp_path
 
 def test_worker_that_fails_at_start_is_given_up_with_a_one_line_reason(tmp_path):
     missing = tmp_path / "no-such-dllm"
-    up = Up(tmp_path, "--mocker", "0", "--dllm", "1", "--encode", "0", "--image", "0", env={"DIFFMESH_DLLM_MODEL": str(missing)})
+    up = Up(tmp_path, "--demo-dllm", "0", "--mocker", "0", "--dllm", "1", "--encode", "0", "--image", "0", env={"DIFFMESH_DLLM_MODEL": str(missing)})
     try:
         assert up.process.wait(timeout=120) == EXIT_GAVE_UP
         lines = [line for line in up.log().splitlines() if line.startswith("diffmesh up: giving up")]
@@ -136,7 +136,7 @@ def test_port_in_use_is_one_line_and_starts_no_worker(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        up = Up(tmp_path, "--mocker", "1", "--dllm", "0", "--image", "0", port=port)
+        up = Up(tmp_path, "--demo-dllm", "0", "--mocker", "1", "--dllm", "0", "--image", "0", port=port)
         try:
             assert up.process.wait(timeout=60) == EXIT_STARTUP
             text = up.log()

@@ -18,6 +18,14 @@ def test_every_openai_request_field_has_exactly_one_rule():
     assert stream_option_paths(COMPLETION_TYPES) == stream_option_paths(CHAT_TYPES)
 
 
+def test_edit_and_video_tables_cover_the_openai_params():
+    from openai.types import image_edit_params, video_create_params
+
+    edit_types = (image_edit_params.ImageEditParamsNonStreaming, image_edit_params.ImageEditParamsStreaming)
+    assert set(fields.IMAGE_EDITS) == _fields(*edit_types)
+    assert set(fields.VIDEOS) == _fields(video_create_params.VideoCreateParams)
+
+
 def test_message_roles_and_content_parts_match_openai():
     assert fields.ROLE_FIELDS == message_roles()
     assert set(fields.MESSAGE) == set().union(*message_roles().values())

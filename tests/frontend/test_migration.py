@@ -106,7 +106,11 @@ def _assert_same_stream(clean, moved, max_tokens: int = 200) -> None:
     assert worker == "victim"
     assert "".join(pieces) == "".join(clean_pieces)
     assert len(pieces) == len(clean_pieces) == max_tokens  # one event per token: none lost, none twice
-    assert usage == clean_usage  # prompt and completion tokens of the whole request
+    # prompt and completion tokens of the whole request; cached tokens are the last worker's hit, which depends on
+    # how many tokens it had already delivered (the survivor holds the clean run's blocks), so only bounded here
+    cached = usage.pop("prompt_tokens_details")["cached_tokens"]
+    clean_usage.pop("prompt_tokens_details")
+    assert usage == clean_usage and 0 <= cached <= usage["prompt_tokens"]
 
 
 async def test_worker_killed_mid_stream_continues_elsewhere_with_the_tokens_of_a_clean_run(mesh):

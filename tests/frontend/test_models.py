@@ -47,5 +47,5 @@ async def test_image_model_lists_its_modalities_and_defaults(image_mesh):
     model = await image_mesh.client.models.retrieve("tiny-sd")
     _, body = await raw(image_mesh.mesh, "/v1/models/tiny-sd")
     assert model.id == "tiny-sd" and body["kinds"] == ["images"]
-    assert (body["input_modalities"], body["output_modalities"]) == (["text"], ["image"])
+    assert (body["input_modalities"], body["output_modalities"]) == (["text", "image"], ["image"])  # edits take an image
     assert body["context_length"] is None and body["diffusion"] is None and body["defaults"]["size"] == "64x64"

@@ -38,6 +38,8 @@ CHAT_TEMPLATE = (
     "{{ m['content'] }}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
+BUILT_MARKER = ".diffmesh-built"  # written last: a directory without it is incomplete
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"  # trained by workers/dllm/train.py, shipped in the repo
 
 
 @dataclass(frozen=True)
@@ -89,14 +91,23 @@ def build_tiny_dllm(directory: Path, spec: TinySpec) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def build_tokenizer(directory: Path, extra_special: tuple[str, ...] = ()):
-    """WordPiece tokenizer (BertTokenizer recipe) with a Llama-3-style chat template, saved and reloaded."""
+def build_tokenizer(directory: Path, extra_special: tuple[str, ...] = (), words: list[str] | None = None):
+    """WordPiece tokenizer (BertTokenizer recipe) with a Llama-3-style chat template, saved and reloaded.
+
+    `extra_special` tokens (the image placeholder) are never split. With `words` (the demo model's vocabulary,
+    workers/dllm/train.py) the ids run specials, words, characters, pieces, then the extra specials; without, the
+    tiny models' order: specials (extra ones included), WORDS, characters, pieces.
+    """
     from transformers import AutoTokenizer, BertTokenizer
 
     with tempfile.TemporaryDirectory() as vocab_dir:
         pieces = ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
         specials = SPECIAL_TOKENS + list(extra_special)
-        Path(vocab_dir, "vocab.txt").write_text("\n".join(specials + WORDS + CHARS + pieces) + "\n")
+        if words is None:
+            lines = specials + WORDS + CHARS + pieces
+        else:
+            lines = SPECIAL_TOKENS + list(words) + CHARS + pieces + list(extra_special)
+        Path(vocab_dir, "vocab.txt").write_text("\n".join(lines) + "\n")
         tokenizer = BertTokenizer.from_pretrained(
             vocab_dir,
             additional_special_tokens=specials[5:],

@@ -23,6 +23,7 @@ from workers.encode.worker import DEFAULT_MODEL_NAME as TINY_ENCODER
 from workers.logprobs import LogprobBuffer
 
 DEFAULT_MODEL_NAME = "tiny-dllm"  # served name of the tiny default model `diffmesh up` builds
+DEMO_MODEL_NAME = "demo-dllm"  # served name of the trained demo model (--tiny demo)
 TINY_IMAGE_TOKENS = 16  # the tiny default takes images: 16 placeholders, the tiny CLIP encoder's patch count
 ENV_PREFIX = "DIFFMESH_DLLM_"
 
@@ -197,7 +198,11 @@ def _chat_template(tokenizer) -> str | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `diffmesh worker dllm`; each also reads DIFFMESH_DLLM_<FIELD> (e.g. DIFFMESH_DLLM_MAX_BATCH)."""
     group = parser.add_argument_group("dLLM model")
-    group.add_argument("--model", help="checkpoint directory or hub id (default: the tiny random model, built on first run)")
+    group.add_argument("--model", help="checkpoint directory or hub id (default: --tiny)")
+    group.add_argument("--tiny", choices=["random", "demo"], default="random",
+                       help="without --model: random = the tiny multimodal model with random weights, built on first "
+                            "run (tiny-dllm); demo = the small text model this repo trained and ships (demo-dllm: "
+                            "answers templated prompts, see workers/dllm/demo_tasks.py)")
     group.add_argument("--served-model-name", help=f"name clients use (default: the directory name, or {DEFAULT_MODEL_NAME})")
     group.add_argument("--model-cache-dir", default=os.environ.get("DIFFMESH_MODEL_CACHE", MODEL_CACHE_DIR),
                        help="where the tiny default model is built (env DIFFMESH_MODEL_CACHE)")
@@ -251,11 +256,14 @@ def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None
     model, name = args.model or env.get(ENV_PREFIX + "MODEL"), args.served_model_name
     vision_encoder = getattr(args, "vision_encoder", None)
     if model is None:
-        from workers.dllm.tiny import TinySpec, ensure_tiny_dllm
+        from workers.dllm.tiny import DEMO_MODEL_DIR, TinySpec, ensure_tiny_dllm
 
-        model = str(ensure_tiny_dllm(Path(args.model_cache_dir).expanduser(), TinySpec(image_tokens=TINY_IMAGE_TOKENS)))
-        name = name or DEFAULT_MODEL_NAME
-        vision_encoder = vision_encoder or env.get(ENV_PREFIX + "VISION_ENCODER") or TINY_ENCODER
+        if getattr(args, "tiny", "random") == "demo":  # text only: its <image> token waits for a trained projector
+            model, name = str(DEMO_MODEL_DIR), name or DEMO_MODEL_NAME
+        else:
+            model = str(ensure_tiny_dllm(Path(args.model_cache_dir).expanduser(), TinySpec(image_tokens=TINY_IMAGE_TOKENS)))
+            name = name or DEFAULT_MODEL_NAME
+            vision_encoder = vision_encoder or env.get(ENV_PREFIX + "VISION_ENCODER") or TINY_ENCODER
     device = args.device or env.get(ENV_PREFIX + "DEVICE") or _default_device()
     return from_env(
         DllmConfig, env, prefix=ENV_PREFIX, model=model, served_model_name=name, trust_remote_code=args.trust_remote_code,

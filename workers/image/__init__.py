@@ -1,4 +1,4 @@
-"""Image-diffusion worker: diffusers pipelines behind /v1/images/generations (engine.py has torch; storage.py not).
+"""Diffusers worker: pipelines behind /v1/images/generations, /v1/images/edits and /v1/videos (torch in engine.py, video.py).
 
 Public entry: `await workers.image.serve(RuntimeConfig(...), args)` with `args` from `add_arguments`'s flags.
 """

@@ -7,13 +7,14 @@ all with seq=0 (the runtime numbers them). The pipeline runs on one dedicated th
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
-from protocol.errors import DeadlineExceeded, EngineError, MeshError, PayloadTooLarge
+from protocol.errors import DeadlineExceeded, EngineError, InvalidRequest, MeshError, PayloadTooLarge
 from protocol.work import Final, ImageOutput, ImageRequest, Usage
 from workers.batcher import Batcher
 from workers.image.encode import encode_image
@@ -40,10 +41,13 @@ class EngineConfig:
     default_guidance: float | None = None
     max_side: int | None = None  # None = 2x the model's default size
     step_cache: bool = False  # worker default when a request does not say
+    step_cache_kind: str | None = None  # which cache `step_cache` means (deepcache | first_block | teacache); None = family's
     step_cache_threshold: float | None = None  # None = the model's / family's default
+    teacache_threshold: float | None = None  # None = the model's / TeaCache's default
     step_cache_max_skips: int = 2
     batch_invariant: bool | None = None  # None = on for CPU (batched bytes == solo bytes), off on CUDA
     num_threads: int | None = None  # torch intra-op threads (None = torch's default, one per core)
+    max_frames: int | None = None  # video pipelines: cap on num_frames (None = 4x the model's default length)
     storage: StorageConfig = field(default_factory=StorageConfig)
     max_inline_bytes: int = MAX_INLINE_BYTES
 
@@ -56,8 +60,10 @@ class EngineStats:
     num_cancelled: int = 0
 
 
-class ImageEngine:
-    """Owns one pipeline, its batcher and the media store; `start()` loads, `generate()` serves."""
+class PipelineHost:
+    """One pipeline on its own thread, its media store and counters; the image and video engines build on it."""
+
+    thread_name = "pipeline"
 
     def __init__(self, config: EngineConfig):
         check_model_exists(config.model)
@@ -65,19 +71,8 @@ class ImageEngine:
         self.stats = EngineStats()
         self.store = MediaStore(config.storage)
         self.loaded: LoadedPipeline | None = None
-        self.num_images_in_flight = 0  # images of requests queued or running (a load signal for the router)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-pipeline")
-        self.batcher = Batcher(self._run_batch, self._executor, config.max_batch, config.batch_wait_s)
-
-    @property
-    def is_invariant(self) -> bool:
-        if self.config.batch_invariant is not None:
-            return self.config.batch_invariant
-        return self.loaded is not None and self.loaded.device.type == "cpu"
-
-    @property
-    def is_cache_batch_invariant(self) -> bool:
-        return self.loaded is not None and self.loaded.family.step_cache == "unet"
+        self.num_images_in_flight = 0  # images (or videos) queued or running: a load signal for the router
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.thread_name)
 
     def load(self) -> LoadedPipeline:
         """Load the pipeline now (blocking); `start()` does this on the pipeline thread."""
@@ -85,11 +80,35 @@ class ImageEngine:
             if self.config.num_threads:
                 torch.set_num_threads(self.config.num_threads)
             self.loaded = load_pipeline(self.config)
+            self.check_loaded(self.loaded)
             self.loaded.denoiser.register_forward_pre_hook(self._count_denoiser_call)
         return self.loaded
 
+    def check_loaded(self, loaded: LoadedPipeline) -> None:
+        if loaded.family.kind != "image":
+            raise InvalidRequest(f"{self.config.model} is a {loaded.family.kind} pipeline, not an image one", param="$.model")
+
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.load)
+
+    def _count_denoiser_call(self, module, args) -> None:
+        self.stats.num_denoiser_calls += 1
+
+
+class ImageEngine(PipelineHost):
+    """Owns one image pipeline, its batcher and the media store; `start()` loads, `generate()` serves."""
+
+    thread_name = "image-pipeline"
+
+    def __init__(self, config: EngineConfig):
+        super().__init__(config)
+        self.batcher = Batcher(self._run_batch, self._executor, config.max_batch, config.batch_wait_s)
+
+    @property
+    def is_invariant(self) -> bool:
+        if self.config.batch_invariant is not None:
+            return self.config.batch_invariant
+        return self.loaded is not None and self.loaded.device.type == "cpu"
 
     async def wait_idle(self) -> None:
         """Return once no pipeline call is queued or running."""
@@ -105,7 +124,8 @@ class ImageEngine:
         """Validate, queue, and stream this request's images; raises InvalidRequest before any work on bad input."""
         loaded = self.loaded or await asyncio.to_thread(self.load)
         spec = resolve_request(request, loaded.limits, self.config.step_cache)
-        job = Job(spec, spec.batch_key(self.is_cache_batch_invariant), asyncio.get_running_loop(), is_cancelled, deadline)
+        is_cache_invariant = spec.step_cache == "deepcache"  # per-image decisions; the DiT caches decide per batch
+        job = Job(spec, spec.batch_key(is_cache_invariant), asyncio.get_running_loop(), is_cancelled, deadline)
         self.batcher.submit(job)
         self.num_images_in_flight += spec.n
         try:
@@ -147,9 +167,6 @@ class ImageEngine:
 
     # --- pipeline thread ------------------------------------------------------------------------
 
-    def _count_denoiser_call(self, module, args) -> None:
-        self.stats.num_denoiser_calls += 1
-
     def _run_batch(self, jobs: list[Job]) -> None:
         """One pipeline call for `jobs` (same size/steps/guidance); every job ends with Done, Stopped or Failed."""
         loaded = self.loaded
@@ -172,6 +189,7 @@ class ImageEngine:
 
     def _call_pipeline(self, loaded: LoadedPipeline, jobs: list[Job], monitor: StepMonitor) -> torch.Tensor:
         spec = jobs[0].spec
+        pipe = loaded.pipe_for(spec.kind)
         kwargs = dict(
             prompt=[job.spec.prompt for job in jobs for _ in range(job.spec.n)],
             height=spec.height, width=spec.width, num_inference_steps=spec.steps, guidance_scale=spec.guidance,
@@ -181,15 +199,17 @@ class ImageEngine:
         )
         if loaded.family.supports_negative_prompt:
             kwargs["negative_prompt"] = [job.spec.negative_prompt for job in jobs for _ in range(job.spec.n)]
-        cache = loaded.step_cache
-        if cache is not None:
-            cache.begin(len(kwargs["prompt"]), spec.step_cache)
+        if spec.edit is not None:
+            kwargs = without_size(pipe, {**kwargs, **edit_kwargs(pipe, jobs)})
+        num_steps = spec.edit.num_steps if spec.edit else spec.steps
+        for kind, cache in loaded.step_caches.items():
+            cache.begin(len(kwargs["prompt"]), kind == spec.step_cache, num_steps=num_steps)
         self.stats.num_pipeline_calls += 1
         try:
             with torch.inference_mode(), batch_invariant(self.is_invariant):
-                return loaded.pipe(**kwargs).images
+                return pipe(**kwargs).images
         finally:
-            if cache is not None:
+            for cache in loaded.step_caches.values():
                 cache.end()
 
     def _finish_job(self, job: Job, latents: torch.Tensor, num_forwards: int) -> None:
@@ -209,6 +229,21 @@ class ImageEngine:
             Encoded(index, None, encode_image(image, spec.output_format, spec.output_compression, spec.is_transparent))
             for index, image in enumerate(images)
         ]
+
+
+def edit_kwargs(pipe, jobs: list[Job]) -> dict:
+    """Input images (and masks) per output image; pipelines without height/width take the pre-sized image."""
+    edits = [job.spec.edit for job in jobs for _ in range(job.spec.n)]
+    kwargs: dict = {"image": [edit.image for edit in edits], "strength": edits[0].strength}
+    if edits[0].mask is not None:
+        kwargs["mask_image"] = [edit.mask for edit in edits]
+    return kwargs
+
+
+def without_size(pipe, kwargs: dict) -> dict:
+    """SD's img2img takes no height/width (the input image, already resized, sets the size)."""
+    params = inspect.signature(pipe.__call__).parameters
+    return {k: v for k, v in kwargs.items() if k not in ("height", "width") or k in params}
 
 
 def _fail_all(jobs: list[Job], error: MeshError) -> None:

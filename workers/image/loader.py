@@ -13,8 +13,10 @@ from workers.image.families import VERIFIED_FAMILIES, Family, family_for_class, 
 from workers.image.request import ModelLimits
 from workers.image.stepcache import (
     DEFAULT_FIRST_BLOCK_THRESHOLD,
+    DEFAULT_TEACACHE_THRESHOLD,
     DEFAULT_UNET_THRESHOLD,
     FirstBlockStepCache,
+    TeaStepCache,
     UNetStepCache,
 )
 
@@ -29,8 +31,12 @@ class LoadedPipeline:
     limits: ModelLimits
     device: torch.device
     denoiser: torch.nn.Module  # pipe.unet or pipe.transformer
-    step_cache: UNetStepCache | FirstBlockStepCache | None
+    step_caches: dict[str, UNetStepCache | FirstBlockStepCache | TeaStepCache]  # by kind, in the family's order
     call_kwargs: dict  # family + per-model fixed pipeline kwargs
+    edit_pipes: dict[str, object]  # img2img / inpaint pipelines sharing the components (AutoPipeline.from_pipe)
+
+    def pipe_for(self, kind: str):
+        return self.pipe if kind == "generate" else self.edit_pipes[kind]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -67,11 +73,27 @@ def load_pipeline(config) -> LoadedPipeline:
     _upcast_vae_if_needed(pipe)
     overrides = read_model_overrides(Path(config.model)) if Path(config.model).is_dir() else {}
     denoiser = pipe.unet if family.denoiser == "unet" else pipe.transformer
-    step_cache = _build_step_cache(family, denoiser, config, overrides)
-    limits = build_limits(pipe, family, denoiser, config, overrides, step_cache is not None)
+    step_caches = _build_step_caches(family, denoiser, config, overrides)
+    edit_pipes = build_edit_pipes(pipe) if family.kind == "image" else {}
+    limits = build_limits(pipe, family, denoiser, config, overrides, tuple(step_caches), tuple(edit_pipes))
     call_kwargs = {**family.call_kwargs, **overrides.get("call_kwargs", {})}
     log.info("loaded %s as %s on %s (%s)", config.model, family.name, device, dtype)
-    return LoadedPipeline(pipe, family, limits, device, denoiser, step_cache, call_kwargs)
+    return LoadedPipeline(pipe, family, limits, device, denoiser, step_caches, call_kwargs, edit_pipes)
+
+
+def build_edit_pipes(pipe) -> dict[str, object]:
+    """img2img and inpaint pipelines of the same family, sharing every component (no extra memory)."""
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+    pipes = {}
+    for kind, auto in (("img2img", AutoPipelineForImage2Image), ("inpaint", AutoPipelineForInpainting)):
+        try:
+            edit = auto.from_pipe(pipe)
+        except ValueError:  # no such pipeline for this family
+            continue
+        edit.set_progress_bar_config(disable=True)
+        pipes[kind] = edit
+    return pipes
 
 
 def _place(pipe, device: torch.device, cpu_offload: bool) -> None:
@@ -89,21 +111,32 @@ def _upcast_vae_if_needed(pipe) -> None:
         vae.to(torch.float32)  # SDXL's VAE overflows in fp16; the pipelines upcast it the same way
 
 
-def _build_step_cache(family: Family, denoiser, config, overrides: dict):
+def _build_step_caches(family: Family, denoiser, config, overrides: dict) -> dict:
     threshold = config.step_cache_threshold or overrides.get("step_cache_threshold")
-    if family.step_cache == "unet":
-        return UNetStepCache(denoiser, threshold or DEFAULT_UNET_THRESHOLD, config.step_cache_max_skips)
-    if family.step_cache == "first_block":
-        return FirstBlockStepCache(denoiser, threshold or DEFAULT_FIRST_BLOCK_THRESHOLD)
-    return None
+    caches: dict = {}
+    for kind in family.step_caches:
+        if kind == "deepcache":
+            caches[kind] = UNetStepCache(denoiser, threshold or DEFAULT_UNET_THRESHOLD, config.step_cache_max_skips)
+        elif kind == "first_block":
+            caches[kind] = FirstBlockStepCache(denoiser, threshold or DEFAULT_FIRST_BLOCK_THRESHOLD)
+        elif kind == "teacache":
+            tea_threshold = config.teacache_threshold or overrides.get("teacache_threshold") or DEFAULT_TEACACHE_THRESHOLD
+            coefficients = overrides.get("teacache_coefficients") or family.teacache_coefficients
+            caches[kind] = TeaStepCache(denoiser, tea_threshold, coefficients)
+    if config.step_cache_kind and config.step_cache_kind in caches:  # the worker's choice of default kind first
+        caches = {config.step_cache_kind: caches[config.step_cache_kind], **caches}
+    return caches
 
 
-def build_limits(pipe, family: Family, denoiser, config, overrides: dict, has_step_cache: bool) -> ModelLimits:
+def build_limits(pipe, family: Family, denoiser, config, overrides: dict, step_caches: tuple[str, ...] = (),
+                 edit_kinds: tuple[str, ...] = ()) -> ModelLimits:
     """Size bounds, multiples and defaults for one loaded pipeline (config and diffmesh.json override them)."""
     vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
-    patch = 2 if family.is_packed else int(getattr(denoiser.config, "patch_size", 1) or 1)
+    vae_factor = int(getattr(pipe, "vae_scale_factor_spatial", vae_factor))
+    patch = getattr(denoiser.config, "patch_size", 1) or 1
+    patch = 2 if family.is_packed else int(patch[-1] if isinstance(patch, (list, tuple)) else patch)
     multiple = max(family.min_multiple, vae_factor * patch)
-    width, height = overrides.get("default_size") or _native_size(pipe, denoiser, vae_factor)
+    width, height = overrides.get("default_size") or family.default_size or _native_size(pipe, denoiser, vae_factor)
     width, height = _round_to(width, multiple), _round_to(height, multiple)
     max_side = config.max_side or overrides.get("max_side") or 2 * max(width, height)
     min_side = max(multiple, _round_to(min(width, height) // 4, multiple))
@@ -116,8 +149,19 @@ def build_limits(pipe, family: Family, denoiser, config, overrides: dict, has_st
     return ModelLimits(
         default_width=width, default_height=height, min_side=min_side, max_side=max_side, size_multiple=multiple,
         default_steps=default_steps, max_steps=config.max_steps, default_guidance=float(guidance),
-        supports_negative_prompt=family.supports_negative_prompt, supports_step_cache=has_step_cache,
+        supports_negative_prompt=family.supports_negative_prompt, supports_step_cache=bool(step_caches),
+        step_caches=step_caches, edit_kinds=edit_kinds, **_video_limits(family, config, overrides),
     )
+
+
+def _video_limits(family: Family, config, overrides: dict) -> dict:
+    if family.kind != "video":
+        return {}
+    frames = int(overrides.get("default_frames") or family.default_frames)
+    multiple = family.frame_multiple
+    max_frames = config.max_frames or 4 * (frames - 1) + 1
+    return {"default_frames": frames, "default_fps": int(overrides.get("default_fps") or family.default_fps),
+            "frame_multiple": multiple, "max_frames": max_frames}
 
 
 def _native_size(pipe, denoiser, vae_factor: int) -> tuple[int, int]:

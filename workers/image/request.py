@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from protocol.errors import InvalidRequest
 from protocol.work import ImageRequest
+from workers.image.edits import EditInput, decode_edit_files, resolve_edit
 from workers.image.families import quality_steps
 
 MAX_IMAGES_PER_REQUEST = 10
@@ -30,6 +31,12 @@ class ModelLimits:
     default_guidance: float
     supports_negative_prompt: bool
     supports_step_cache: bool
+    step_caches: tuple[str, ...] = ()  # cache kinds this pipeline takes (deepcache | first_block | teacache); [0] = default
+    edit_kinds: tuple[str, ...] = ()  # img2img / inpaint pipelines of the same family
+    default_frames: int = 0  # video pipelines: frames, frame rate and the frame-count grid (num_frames - 1) % multiple
+    default_fps: int = 0
+    frame_multiple: int = 1
+    max_frames: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,12 +58,18 @@ class JobSpec:
     response_format: str
     user: str | None
     partial_steps: tuple[int, ...]  # 0-based step indices after which a partial image is decoded
-    step_cache: bool
+    step_cache: str | None  # cache kind for this request, None = off
     is_streaming: bool = False
+    edit: EditInput | None = None  # edits: the input image (and mask), resized to width x height
+
+    @property
+    def kind(self) -> str:
+        return self.edit.kind if self.edit else "generate"
 
     def batch_key(self, is_cache_batch_invariant: bool) -> tuple:
         """Jobs with equal keys may share one pipeline call without changing each other's bytes."""
-        key = (self.width, self.height, self.steps, self.guidance, self.step_cache)
+        key = (self.width, self.height, self.steps, self.guidance, self.step_cache, self.kind,
+               self.edit.strength if self.edit else None)
         if self.step_cache and not is_cache_batch_invariant:
             key += (self.request_id,)  # a per-batch cache decision would couple requests: run alone
         return key
@@ -65,11 +78,11 @@ class JobSpec:
 def resolve_request(request: ImageRequest, limits: ModelLimits, default_step_cache: bool) -> JobSpec:
     """Check every field and fill defaults; raises InvalidRequest naming the offending field."""
     _check_basics(request)
-    width, height = _resolve_size(request, limits)
+    files = decode_edit_files(request, limits) if request.images else None
+    width, height = _resolve_size(request, limits, files[0].size if files else None)
     steps = _resolve_steps(request, limits)
-    step_cache = default_step_cache if request.step_cache is None else request.step_cache
-    if request.step_cache and not limits.supports_step_cache:
-        raise InvalidRequest("this model's pipeline has no step cache", param="$.nvext.step_cache")
+    edit = resolve_edit(request, files, width, height, steps) if files else None
+    run_steps = edit.num_steps if edit else steps
     return JobSpec(
         request_id=request.request_id,
         prompt=request.prompt,
@@ -85,10 +98,28 @@ def resolve_request(request: ImageRequest, limits: ModelLimits, default_step_cac
         is_transparent=request.background == "transparent",
         response_format=request.response_format,
         user=request.user,
-        partial_steps=partial_steps(steps, request.partial_images) if request.stream else (),
-        step_cache=step_cache and limits.supports_step_cache,
+        partial_steps=partial_steps(run_steps, request.partial_images) if request.stream else (),
+        step_cache=resolve_step_cache(request.step_cache, limits, default_step_cache),
         is_streaming=request.stream,
+        edit=edit,
     )
+
+
+def resolve_step_cache(asked: bool | str | None, limits: ModelLimits, default: bool | str) -> str | None:
+    """The cache kind a request runs with: its own choice (true = the model's default kind), else the worker's."""
+    choice = default if asked is None else asked
+    if choice is False or not limits.step_caches:
+        if asked:
+            raise InvalidRequest("this model's pipeline has no step cache", param="$.nvext.step_cache")
+        return None
+    if choice is True:
+        return limits.step_caches[0]
+    if choice not in limits.step_caches:
+        if asked is None:
+            return limits.step_caches[0]  # a worker default naming another family's cache: use this one's
+        raise InvalidRequest(f"step_cache {choice!r} does not apply to this model; it takes {list(limits.step_caches)}",
+                             param="$.nvext.step_cache")
+    return choice
 
 
 def _check_basics(request: ImageRequest) -> None:
@@ -121,8 +152,11 @@ def _check_compression(request: ImageRequest) -> None:
         raise InvalidRequest("output_compression applies to jpeg and webp only", param="$.output_compression")
 
 
-def _resolve_size(request: ImageRequest, limits: ModelLimits) -> tuple[int, int]:
+def _resolve_size(request: ImageRequest, limits: ModelLimits, edit_size: tuple[int, int] | None = None) -> tuple[int, int]:
     if request.width is None and request.height is None:
+        if edit_size is not None:  # size=auto on an edit: the input's size, on the model's grid and within bounds
+            return tuple(min(max(s // limits.size_multiple * limits.size_multiple, limits.min_side), limits.max_side)
+                         for s in edit_size)  # type: ignore[return-value]
         return limits.default_width, limits.default_height
     width, height = request.width, request.height
     if width is None or height is None:

@@ -6,7 +6,8 @@ down_blocks[0]'s output since the image's last full step reaches `threshold` (or
 otherwise up_blocks[-1] is fed the cached output of up_blocks[-2]. Decisions are per image, so an image in a batch
 takes exactly the path it would take alone: the batch skips the deep blocks only when every image skips, and when
 some do not, the skipping images still get their cached features. DiT pipelines use diffusers' First Block Cache
-(`FirstBlockCacheConfig`), whose decision is per batch; the engine therefore never merges requests under it.
+(`FirstBlockCacheConfig`) or TeaCache (`TeaStepCache`), whose decisions are per batch; the engine therefore never
+merges requests under them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 DEFAULT_UNET_THRESHOLD = 0.15
 DEFAULT_FIRST_BLOCK_THRESHOLD = 0.08  # ParaAttention's setting for FLUX.1-dev (1.55x, "nearly zero quality loss")
+DEFAULT_TEACACHE_THRESHOLD = 0.4  # TeaCache's FLUX setting for ~2x (0.25 ~1.6x); rescaled distances, see teacache.py
 DEFAULT_MAX_SKIPS = 2  # at most 2 cached steps in a row (DeepCache's interval 3)
 
 
@@ -36,7 +38,7 @@ class UNetStepCache:
             _wrap(block, self._deep_forward(block))
         self._reset(0)
 
-    def begin(self, num_images: int, is_active: bool = True) -> None:
+    def begin(self, num_images: int, is_active: bool = True, num_steps: int = 0) -> None:
         """Start a pipeline call of `num_images` images (denoiser rows = k x num_images, k = 2 with CFG)."""
         self.is_active = is_active
         self._reset(num_images)
@@ -122,7 +124,7 @@ class FirstBlockStepCache:
         self.num_tail_runs = 0  # times the last transformer block actually computed
         _tail_leaf(transformer).register_forward_pre_hook(self._count_tail)
 
-    def begin(self, num_images: int, is_active: bool = True) -> None:
+    def begin(self, num_images: int, is_active: bool = True, num_steps: int = 0) -> None:
         from diffusers.hooks import FirstBlockCacheConfig
 
         if is_active and not self.is_active:
@@ -155,3 +157,32 @@ def _tail_leaf(transformer) -> torch.nn.Module:
         raise ValueError(f"{type(transformer).__name__} has no transformer block list for First Block Cache")
     leaves = [m for m in blocks[-1].modules() if not list(m.children()) and list(m.parameters(recurse=False))]
     return leaves[0]
+
+
+class TeaStepCache:
+    """TeaCache (workers/image/teacache.py) on a DiT transformer, switched per pipeline call; counts full computes."""
+
+    def __init__(self, transformer, threshold: float = DEFAULT_TEACACHE_THRESHOLD, coefficients=None):
+        from workers.image.teacache import IDENTITY, TeaCacheConfig, apply_tea_cache
+
+        self.transformer = transformer
+        self.config = TeaCacheConfig(threshold=threshold, coefficients=tuple(coefficients or IDENTITY))
+        self.num_tail_runs = 0  # times the last transformer block actually computed
+        apply_tea_cache(transformer, self.config)
+        _tail_leaf(transformer).register_forward_pre_hook(self._count_tail)
+
+    @property
+    def is_active(self) -> bool:
+        return self.config.is_active
+
+    def begin(self, num_images: int, is_active: bool = True, num_steps: int = 0) -> None:
+        self.config.is_active = is_active
+        self.config.num_steps = num_steps
+        self.transformer._reset_stateful_cache()
+
+    def end(self) -> None:
+        self.config.is_active = False
+        self.transformer._reset_stateful_cache()
+
+    def _count_tail(self, module, args) -> None:
+        self.num_tail_runs += 1

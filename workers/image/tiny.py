@@ -1,7 +1,8 @@
 """Tiny random-weight diffusers pipelines built from configs, for CI and `diffmesh up` (no model hub needed).
 
 Sizes follow shared/reference/diffusion.md §2.1: "micro" SD (~35k params, 0.2 MB), "tiny" SD (diffusers' test size,
-~2M params) and a tiny FLUX (DiT, ~0.2M params) that exercises First Block Cache. Outputs are noise-like images;
+~2M params), a tiny FLUX (DiT, ~0.2M params) that exercises First Block Cache and TeaCache, and a tiny Wan2.1
+text-to-video pipeline (~37k params). Outputs are noise-like images;
 the point is the real from_pretrained / pipeline / scheduler code path.
 """
 
@@ -13,13 +14,17 @@ import tempfile
 from pathlib import Path
 
 SD_VARIANTS = ("micro", "tiny")
-FAMILIES = ("sd", "flux")
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"  # trained by workers/image/train.py, shipped in the repo
+FAMILIES = ("sd", "flux", "wan")
 _MARKER = "diffmesh.json"  # per-model defaults (workers/image/families.py); written last = directory complete
 # Defaults that keep the tiny models fast and their step cache effective (thresholds calibrated on random weights).
 TINY_DEFAULTS = {
     "sd": {"default_size": [64, 64], "default_steps": 10, "step_cache_threshold": 0.5},
     "flux": {"default_size": [64, 64], "default_steps": 10, "step_cache_threshold": 0.5,
+             "teacache_threshold": 0.3, "teacache_coefficients": [1.0, 0.0],  # FLUX.1-dev's fit means nothing here
              "call_kwargs": {"max_sequence_length": 16}},
+    "wan": {"default_size": [32, 32], "default_steps": 8, "default_frames": 9, "default_fps": 8,
+            "teacache_threshold": 0.3, "teacache_coefficients": [1.0, 0.0], "call_kwargs": {"max_sequence_length": 16}},
 }
 
 
@@ -137,11 +142,36 @@ def build_tiny_flux(seed: int = 0):
     )
 
 
+def build_tiny_wan(seed: int = 0):
+    """A random WanPipeline (text-to-video DiT, Wan2.1 layout): 32x32 default, 9 frames (VAE 8x spatial, 4x temporal)."""
+    import torch
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer = build_t5_tokenizer()
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, pad_token_id=0,
+        eos_token_id=1, decoder_start_token_id=0,
+    ))
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+
+
 def _build(family: str, variant: str):
     if family == "sd":
         return build_tiny_sd(variant)
     if family == "flux":
         return build_tiny_flux()
+    if family == "wan":
+        return build_tiny_wan()
     raise ValueError(f"unknown tiny family {family!r}; use one of {FAMILIES}")
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import openai
 import pytest
 import pytest_asyncio
 
 from workers.image.engine import EngineConfig, ImageEngine
 from workers.image.storage import StorageConfig
 from workers.image.tiny import ensure_tiny_image
+from workers.image.worker import ImageWorker
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +53,16 @@ async def flux_engine(flux_dir, media_dir):
     engine = await _started(flux_dir, media_dir, max_steps=20)
     yield engine
     await engine.stop()
+
+
+@pytest.fixture
+async def image_mesh(mesh, sd_dir, media_dir):
+    """A frontend and one in-process tiny-sd worker on the test NATS, with an AsyncOpenAI client."""
+    await mesh.start_frontend(media_dir=str(media_dir))
+    storage = StorageConfig(url=str(media_dir), public_base_url=f"{mesh.url}/v1/files")
+    engine = ImageEngine(EngineConfig(model=str(sd_dir), served_name="tiny-sd", max_steps=20, storage=storage))
+    await mesh.add_worker(ImageWorker(engine))
+    await mesh.wait_models("tiny-sd", 1)
+    client = openai.AsyncOpenAI(base_url=f"{mesh.url}/v1", api_key="unused", max_retries=0)
+    yield mesh, client
+    await client.close()

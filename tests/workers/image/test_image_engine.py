@@ -139,7 +139,7 @@ async def test_url_response_lands_in_the_store_and_reads_back(sd_engine):
 
 
 async def test_unet_step_cache_skips_deep_blocks_with_a_close_image(sd_engine):
-    cache = sd_engine.loaded.step_cache
+    cache = sd_engine.loaded.step_caches["deepcache"]
     plain = finals(await collect(sd_engine, image_request(num_inference_steps=12, step_cache=False)))[0]
     full_before, calls_before = cache.num_full, sd_engine.stats.num_denoiser_calls
     cached = finals(await collect(sd_engine, image_request(num_inference_steps=12, step_cache=True)))[0]

@@ -24,7 +24,7 @@ async def test_flux_streams_partial_images_from_packed_latents(flux_engine):
 
 
 async def test_first_block_cache_skips_tail_blocks(flux_engine):
-    cache = flux_engine.loaded.step_cache
+    cache = flux_engine.loaded.step_caches["first_block"]
     before = cache.num_tail_runs
     await collect(flux_engine, image_request(num_inference_steps=10, step_cache=False))
     assert cache.num_tail_runs - before == 10

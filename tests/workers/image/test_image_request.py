@@ -11,14 +11,14 @@ from workers.image.request import ModelLimits, image_seeds, partial_steps, resol
 
 LIMITS = ModelLimits(default_width=512, default_height=512, min_side=128, max_side=1024, size_multiple=8,
                      default_steps=30, max_steps=50, default_guidance=7.5, supports_negative_prompt=True,
-                     supports_step_cache=True)
+                     supports_step_cache=True, step_caches=("deepcache",))
 
 
 def test_defaults_fill_size_steps_guidance_and_per_image_seeds():
     spec = resolve_request(image_request(num_inference_steps=None, n=3, seed=41), LIMITS, default_step_cache=False)
     assert (spec.width, spec.height, spec.steps, spec.guidance) == (512, 512, 30, 7.5)
     assert spec.seeds == (41, 42, 43)
-    assert spec.negative_prompt == "" and spec.step_cache is False
+    assert spec.negative_prompt == "" and spec.step_cache is None
 
 
 def test_quality_is_a_steps_preset_capped_at_max_steps():
@@ -31,8 +31,8 @@ def test_quality_is_a_steps_preset_capped_at_max_steps():
 
 def test_explicit_steps_override_quality_and_worker_step_cache_default_applies():
     spec = resolve_request(image_request(num_inference_steps=12, quality="low"), LIMITS, default_step_cache=True)
-    assert spec.steps == 12 and spec.step_cache is True
-    assert resolve_request(image_request(step_cache=False), LIMITS, default_step_cache=True).step_cache is False
+    assert spec.steps == 12 and spec.step_cache == "deepcache"
+    assert resolve_request(image_request(step_cache=False), LIMITS, default_step_cache=True).step_cache is None
 
 
 @pytest.mark.parametrize(
@@ -64,13 +64,23 @@ def test_each_invalid_field_is_named(fields, param):
 
 
 def test_unsupported_negative_prompt_and_step_cache_are_rejected():
-    bare = ModelLimits(**{**LIMITS.__dict__, "supports_negative_prompt": False, "supports_step_cache": False})
+    bare = ModelLimits(**{**LIMITS.__dict__, "supports_negative_prompt": False, "supports_step_cache": False,
+                          "step_caches": ()})
     with pytest.raises(InvalidRequest, match="negative_prompt"):
         resolve_request(image_request(negative_prompt="blurry"), bare, False)
     with pytest.raises(InvalidRequest) as info:
         resolve_request(image_request(step_cache=True), bare, False)
     assert info.value.param == "$.nvext.step_cache"
-    assert resolve_request(image_request(), bare, default_step_cache=True).step_cache is False  # worker default: best effort
+    assert resolve_request(image_request(), bare, default_step_cache=True).step_cache is None  # worker default: best effort
+
+
+def test_step_cache_names_a_kind_the_model_takes():
+    dit = ModelLimits(**{**LIMITS.__dict__, "step_caches": ("first_block", "teacache")})
+    assert resolve_request(image_request(step_cache=True), dit, False).step_cache == "first_block"
+    assert resolve_request(image_request(step_cache="teacache"), dit, False).step_cache == "teacache"
+    with pytest.raises(InvalidRequest) as info:
+        resolve_request(image_request(step_cache="deepcache"), dit, False)
+    assert info.value.param == "$.nvext.step_cache"
 
 
 def test_partial_steps_are_evenly_spaced_and_before_the_last_step():

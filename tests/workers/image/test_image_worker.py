@@ -15,6 +15,7 @@ from tests.workers.image.kit import decode, image_request
 from workers.contract import RequestContext
 from workers.image.engine import EngineConfig, ImageEngine
 from workers.image.storage import StorageConfig
+from workers.image.tiny import DEMO_MODEL_DIR
 from workers.image.worker import ImageWorker, add_arguments, config_from_args
 
 
@@ -62,27 +63,19 @@ def test_cli_flags_and_env_map_onto_the_engine_config(sd_dir):
     assert config.dtype == "float32" and config.cpu_offload is False
 
 
-def test_without_model_the_tiny_default_is_built(tmp_path):
+def test_without_model_the_shipped_demo_serves_and_random_tinies_are_built(tmp_path):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     config = config_from_args(parser.parse_args(["--model-cache-dir", str(tmp_path)]), env={"DIFFMESH_MEDIA_DIR": "/tmp/m"})
-    assert config.served_name == "tiny-sd" and (tmp_path / "tiny-sd-micro" / "model_index.json").is_file()
+    assert config.served_name == "tiny-sd" and config.model == str(DEMO_MODEL_DIR) and not list(tmp_path.iterdir())
     assert config.storage.url == "/tmp/m"
+    random = config_from_args(parser.parse_args(["--model-cache-dir", str(tmp_path), "--tiny-family", "sd"]), env={})
+    assert random.served_name == "tiny-sd" and (tmp_path / "tiny-sd-micro" / "model_index.json").is_file()
+    video = config_from_args(parser.parse_args(["--model-cache-dir", str(tmp_path), "--tiny-family", "wan"]), env={})
+    assert video.served_name == "tiny-wan" and (tmp_path / "tiny-wan" / "model_index.json").is_file()
 
 
 # --- through the mesh: openai client -> frontend -> NATS -> worker ---------------------------------------------
-
-
-@pytest.fixture
-async def image_mesh(mesh, sd_dir, media_dir):
-    await mesh.start_frontend(media_dir=str(media_dir))
-    storage = StorageConfig(url=str(media_dir), public_base_url=f"{mesh.url}/v1/files")
-    engine = ImageEngine(EngineConfig(model=str(sd_dir), served_name="tiny-sd", max_steps=20, storage=storage))
-    await mesh.add_worker(ImageWorker(engine))
-    await mesh.wait_models("tiny-sd", 1)
-    client = openai.AsyncOpenAI(base_url=f"{mesh.url}/v1", api_key="unused", max_retries=0)
-    yield mesh, client
-    await client.close()
 
 
 EXTRA = {"nvext": {"num_inference_steps": 4}}
