@@ -170,6 +170,12 @@ def enable_multiprocess(directory: str) -> None:
     values.ValueClass = values.get_value_class()
 
 
+def disable_multiprocess() -> None:
+    """Back to metrics in this process's memory (the directory is gone)."""
+    os.environ.pop(METRICS_MULTIPROC_ENV, None)
+    values.ValueClass = values.get_value_class()
+
+
 def forget_process(pid: int) -> None:
     """An exited process's live gauges (in-flight, queued) no longer count; its counters still do."""
     from prometheus_client import multiprocess

@@ -11,6 +11,15 @@ from workers.dllm.tiny import TinySpec, ensure_tiny_dllm
 from workers.encode.tiny import TinyEncoderSpec, ensure_tiny_encoder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _child_tmpdir(tmp_path_factory):
+    """Processes the tests start make their temporary directories under pytest's own, so that one a test SIGKILLs
+    before its cleanup (the metrics directory of a frontend group, say) goes with pytest's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(tmp_path_factory.mktemp("children")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def nats_server():
     server = EmbeddedNats(port=None).start()

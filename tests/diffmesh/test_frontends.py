@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from diffmesh.frontends import shared_metrics
 from shell.bus import free_port, wait_for
+from shell.config import METRICS_MULTIPROC_ENV
 from tests.meshkit import child_pids, is_gone
 
 pytestmark = pytest.mark.slow
@@ -84,3 +89,17 @@ async def test_frontend_children_die_with_a_killed_parent(mesh):
         process.kill()  # the parent only, SIGKILL: none of its cleanup runs
         await asyncio.to_thread(process.wait, 30)
     await wait_for(lambda: is_gone(children[0]), timeout_s=10)
+
+
+def test_a_group_reaps_the_metrics_directories_of_dead_groups_and_removes_its_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale, alive = tmp_path / f"diffmesh-metrics-{int(dead.stdout)}-x", tmp_path / f"diffmesh-metrics-{os.getpid()}-y"
+    stale.mkdir()
+    alive.mkdir()
+    with shared_metrics(2):
+        directory = os.environ[METRICS_MULTIPROC_ENV]
+        assert not stale.exists() and alive.exists() and Path(directory).parent == tmp_path
+    assert not Path(directory).exists() and METRICS_MULTIPROC_ENV not in os.environ
+    with shared_metrics(1):  # one process: no directory at all
+        assert METRICS_MULTIPROC_ENV not in os.environ
