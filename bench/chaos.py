@@ -1,7 +1,8 @@
 """Chaos run: bounded load against a mesh of mocker workers while a worker is killed -9 every few seconds.
 
 One frontend, one NATS server and `--workers` mocker processes. A killer picks a random worker every `--kill-every`
-seconds, SIGKILLs its process group and starts a replacement (a new worker id, as a restarted pod would get).
+seconds, SIGKILLs its process group and starts a replacement (a new worker id, as a restarted pod would get); no
+kill comes before the frontend has seen the last one and its replacement serves.
 Clients send `--requests` streamed chat completions, `--concurrency` at a time, from a few prompts whose answers a
 clean pass recorded first (the mocker is deterministic, so a migrated stream must give exactly the same text).
 
@@ -34,10 +35,11 @@ from shell.process import spawn  # noqa: E402
 PROMPTS = [f"chaos prompt {i}: tell me about the weather on day {i}" for i in range(8)]
 
 
-def _spawn(*args: str) -> subprocess.Popen:
-    """A diffmesh process in its own group (killed -9 as a whole) that also dies with this script."""
-    command = [sys.executable, "-m", "diffmesh.cli", "--log-level", "ERROR", *args]
-    return spawn(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def _spawn(*args: str, log=None) -> subprocess.Popen:
+    """A diffmesh process in its own group (killed -9 as a whole) that also dies with this script; its log goes to
+    the open file `log` at INFO, or nowhere."""
+    command = [sys.executable, "-m", "diffmesh.cli", "--log-level", "INFO" if log else "ERROR", *args]
+    return spawn(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL, start_new_session=True)
 
 
 def _kill(process: subprocess.Popen) -> None:
@@ -72,24 +74,30 @@ def start_mesh(args: argparse.Namespace) -> Mesh:
     nats = EmbeddedNats(port=None).start()
     port = free_port()
     mesh = Mesh(nats, f"http://127.0.0.1:{port}", ["--speedup-ratio", str(args.speedup), "--heartbeat", str(args.heartbeat)])
+    log = open(args.frontend_log, "ab") if args.frontend_log else None  # noqa: SIM115 (the child holds it)
     mesh.frontend = _spawn("frontend", "--nats-url", nats.url, "--host", "127.0.0.1", "--port", str(port),
-                           "--stall-timeout", str(args.stall_timeout))
+                           "--stall-timeout", str(args.stall_timeout), log=log)
+    if log:
+        log.close()
     for _ in range(args.workers):
         mesh.start_worker()
     return mesh
 
 
-async def wait_workers(session: aiohttp.ClientSession, mesh: Mesh, count: int, timeout_s: float = 120) -> None:
+async def wait_workers(session: aiohttp.ClientSession, mesh: Mesh, count: int = 0, worker_id: str | None = None,
+                       gone: str | None = None, timeout_s: float = 120) -> None:
+    """Until the frontend lists `count` mocker workers (`worker_id` among them, `gone` no longer: its loss seen)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             async with session.get(f"{mesh.url}/health") as response:
-                if len((await response.json())["models"].get("mocker", [])) >= count:
-                    return
+                live = (await response.json())["models"].get("mocker", [])
+            if len(live) >= count and (worker_id is None or worker_id in live) and gone not in live:
+                return
         except (aiohttp.ClientError, ValueError, KeyError):
             pass
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"{count} mocker workers did not come up")
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"mocker workers did not come up ({count} wanted, {worker_id or 'any id'})")
 
 
 async def stream_chat(session: aiohttp.ClientSession, url: str, prompt: str, max_tokens: int) -> str:
@@ -122,6 +130,10 @@ class Tally:
     hung: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def ended(self) -> int:
+        return self.completed + self.wrong + self.failed + self.hung
+
 
 async def drive(session, mesh: Mesh, expected: dict[str, str], args: argparse.Namespace, num_requests: int,
                 tally: Tally) -> Tally:
@@ -151,8 +163,10 @@ async def drive(session, mesh: Mesh, expected: dict[str, str], args: argparse.Na
     return tally
 
 
-async def killer(mesh: Mesh, due, stop: asyncio.Event, rng: random.Random, kills: list[str]) -> None:
-    """Kill -9 a random worker and start a new one whenever `await due()` returns, until `stop`."""
+async def killer(session, mesh: Mesh, due, stop: asyncio.Event, rng: random.Random, kills: list[str]) -> None:
+    """Kill -9 a random worker and start a new one whenever `await due()` returns, until `stop`; the next kill waits
+    until the frontend has seen the loss and the replacement serves (one worker down at a time, as a pod restart
+    gives), so a kill rate set by request counts cannot outrun heartbeats and start-up."""
     while True:
         waiting = asyncio.ensure_future(due())
         stopped = asyncio.ensure_future(stop.wait())
@@ -164,23 +178,28 @@ async def killer(mesh: Mesh, due, stop: asyncio.Event, rng: random.Random, kills
         victim = rng.choice(sorted(mesh.workers))
         _kill(mesh.workers.pop(victim))
         kills.append(victim)
-        mesh.start_worker()
+        await wait_workers(session, mesh, worker_id=mesh.start_worker(), gone=victim)
 
 
 def every_seconds(seconds: float):
+    """Due every `seconds` on a fixed schedule (a recovery that takes part of the interval does not stretch it)."""
+    next_at = time.monotonic()
+
     async def due() -> None:
-        await asyncio.sleep(seconds)
+        nonlocal next_at
+        next_at = max(next_at + seconds, time.monotonic())
+        await asyncio.sleep(next_at - time.monotonic())
 
     return due
 
 
 def every_requests(tally: Tally, count: int):
-    """Due each time `count` more requests were sent (a time-free trigger for short CI runs)."""
-    marks = iter(range(count, 1 << 30, count))
+    """Due once `count` more requests have ended than when it was asked (the killer asks after each recovery): a
+    time-free trigger for short CI runs that leaves the mesh a stretch of work between kills."""
 
     async def due() -> None:
-        mark = next(marks)
-        while tally.sent < mark:
+        mark = tally.ended + count
+        while tally.ended < mark:
             await asyncio.sleep(0.01)
 
     return due
@@ -216,7 +235,7 @@ async def run(args: argparse.Namespace) -> list[dict]:
                 stop, kills, tally = asyncio.Event(), [], Tally()
                 due = (every_requests(tally, args.kill_every_requests) if args.kill_every_requests
                        else every_seconds(args.kill_every))
-                chaos = asyncio.ensure_future(killer(mesh, due, stop, rng, kills)) if kills_on else None
+                chaos = asyncio.ensure_future(killer(session, mesh, due, stop, rng, kills)) if kills_on else None
                 started = time.monotonic()
                 await drive(session, mesh, expected, args, num, tally)
                 elapsed = time.monotonic() - started
@@ -256,13 +275,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=24)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--kill-every", type=float, default=5.0, help="seconds between kills")
-    parser.add_argument("--kill-every-requests", type=int, default=0, help="kill after each N requests sent instead")
+    parser.add_argument("--kill-every-requests", type=int, default=0, help="kill after each N requests ended since the last recovery instead")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--speedup", type=float, default=1.0, help="mocker --speedup-ratio")
     parser.add_argument("--heartbeat", type=float, default=1.0, help="worker heartbeat interval (a kill shows after 3)")
     parser.add_argument("--stall-timeout", type=float, default=15.0, help="frontend --stall-timeout")
     parser.add_argument("--hang-after", type=float, default=120.0, help="a request not done by then counts as hung")
     parser.add_argument("--seed", type=int, default=0, help="which workers get killed")
+    parser.add_argument("--frontend-log", help="append the frontend's INFO log (migrations, with reasons) to this file")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     args = parser.parse_args()
     rows = asyncio.run(run(args))
