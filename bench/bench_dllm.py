@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from bench.tables import scratch_dir  # noqa: E402
 from protocol.work import DiffusionOptions, SamplingOptions  # noqa: E402
 from workers.dllm.config import DllmConfig  # noqa: E402
 from workers.dllm.engine import DllmEngine  # noqa: E402
@@ -209,7 +209,7 @@ def print_tables(args, rows: list[Row], first_token: dict) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="bench-dllm-")
+    cache_dir = scratch_dir(args.cache_dir, "bench-dllm-")
     sections = [(model, int(n)) for model, n in (part.split(":") for part in args.sections.split(",") if part.strip())]
     engines = {model: build_engines(args, model, cache_dir) for model in dict.fromkeys(m for m, _ in sections)}
     rows = [row for model, n in sections for row in throughput_rows(args, model, engines[model], n)]

@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -35,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.tables import Row, print_table  # noqa: E402
+from bench.tables import Row, print_table, scratch_dir  # noqa: E402
 from protocol.work import EncodeRequest  # noqa: E402
 from shell.images import decode_image  # noqa: E402
 from workers.dllm.tiny import TinySpec, ensure_tiny_dllm  # noqa: E402
@@ -223,7 +222,7 @@ async def wait_models(session, url: str) -> None:
 
 
 async def main_async(args) -> list[Row]:
-    cache_dir = Path(args.cache_dir or tempfile.mkdtemp(prefix="bench-encode-"))
+    cache_dir = scratch_dir(args.cache_dir, "bench-encode-")
     rows = []
     for offset, (name, spec) in enumerate(ENCODERS.items()):
         encoder_dir = ensure_tiny_encoder(cache_dir, spec)

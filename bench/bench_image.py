@@ -22,7 +22,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.tables import Row, print_table  # noqa: E402
+from bench.tables import Row, print_table, scratch_dir  # noqa: E402
 from protocol.work import ImageOutput, ImageRequest  # noqa: E402
 from workers.image.engine import EngineConfig, ImageEngine  # noqa: E402
 from workers.image.storage import StorageConfig  # noqa: E402
@@ -72,7 +71,7 @@ def make_request(i: int, steps: int, step_cache: bool | str = False) -> ImageReq
 
 
 async def start_engine(model_dir: Path, **overrides) -> ImageEngine:
-    storage = StorageConfig(url=tempfile.mkdtemp(prefix="bench-image-media-"))  # b64 runs write nothing; kept off ~/.cache
+    storage = StorageConfig(url=str(scratch_dir(None, "bench-image-media-")))  # b64 runs write nothing; kept off ~/.cache
     engine = ImageEngine(EngineConfig(model=str(model_dir), max_steps=200, storage=storage, **overrides))
     await engine.start()
     await run_request(engine, make_request(0, 2))  # warm-up
@@ -146,7 +145,7 @@ def report(rows: list[Row], header: str, as_json: bool) -> None:
 
 
 async def main_async(args) -> list[Row]:
-    cache_dir = Path(args.cache_dir or tempfile.mkdtemp(prefix="bench-image-"))
+    cache_dir = scratch_dir(args.cache_dir, "bench-image-")
     micro_dir = ensure_tiny_image(cache_dir, "sd", "micro")  # random weights (`--tiny-family sd`)
     sd_dir = ensure_tiny_image(cache_dir, "sd", "tiny")
     flux_dir = ensure_tiny_image(cache_dir, "flux")

@@ -65,8 +65,14 @@ class Mesh:
         return worker_id
 
     def stop(self) -> None:
-        for process in [*self.workers.values(), *([self.frontend] if self.frontend else [])]:
+        for process in self.workers.values():
             _kill(process)
+        if self.frontend is not None:  # SIGTERM: it removes its metrics directory (a kill -9 would leave it)
+            self.frontend.terminate()
+            try:
+                self.frontend.wait(30)
+            except subprocess.TimeoutExpired:
+                _kill(self.frontend)
         self.nats.stop()
 
 

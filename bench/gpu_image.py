@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -22,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+from bench.tables import scratch_dir  # noqa: E402
 from bench_image import bench_batching, bench_step_cache, report  # noqa: E402
 
 
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         print("gpu_image: no CUDA GPU here; nothing to run (use --allow-cpu to smoke-test on the CPU)")
         return 0
     if args.random_sd15:
-        model_dir = build_random_sd15(Path(args.workdir or tempfile.mkdtemp(prefix="sd15-random-")) / "sd15-random")
+        model_dir = build_random_sd15(scratch_dir(args.workdir, "sd15-random-") / "sd15-random")
     else:
         model_dir = Path(args.model)
     rows = asyncio.run(run(model_dir, args))

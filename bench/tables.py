@@ -1,8 +1,23 @@
-"""The speed table the benchmarks print: one row per scenario, its baseline and variant from the same run."""
+"""What the benchmarks share: the speed table they print (one row per scenario, its baseline and variant from the same
+run) and their scratch directories, which leave nothing behind."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+
+
+def scratch_dir(path: str | Path | None, prefix: str) -> Path:
+    """`path` if given (kept, so built models are reused), else a new temporary directory removed when the script
+    exits."""
+    if path:
+        return Path(path)
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, directory, True)
+    return directory
 
 
 @dataclass
