@@ -12,22 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import glob
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 
 from shell.config import METRICS_MULTIPROC_ENV, FrontendConfig, to_env
 from shell.metrics import SupervisorMetrics, disable_multiprocess, enable_multiprocess, forget_process
-from shell.process import EXIT_GAVE_UP, EXIT_OK
+from shell.process import EXIT_GAVE_UP, EXIT_OK, owned_temp_dir
 from shell.supervise import ChildSpec, GiveUp, RestartPolicy, Supervisor
 
 JOIN_WARMUP_S = 1.5  # children listen after one worker heartbeat interval (1 s) and the KV dumps it triggers
 STOP_TIMEOUT_S = 10.0
-METRICS_DIR_PREFIX = "diffmesh-metrics-"  # then the first process's pid: directories of dead groups are reaped
+METRICS_DIR_PREFIX = "diffmesh-metrics-"  # then the first process's pid (see owned_temp_dir)
 
 
 def frontend_specs(config: FrontendConfig, log_args: list[str]) -> list[ChildSpec]:
@@ -46,32 +44,13 @@ def shared_metrics(num_processes: int) -> Iterator[None]:
     if num_processes <= 1 or os.environ.get(METRICS_MULTIPROC_ENV):
         yield
         return
-    _reap_orphaned_dirs()
-    directory = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
+    directory = owned_temp_dir(METRICS_DIR_PREFIX)
     enable_multiprocess(directory)
     try:
         yield
     finally:
         disable_multiprocess()
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def _reap_orphaned_dirs() -> None:
-    """Remove the metrics directories of groups whose first process is gone (a SIGKILL skips its own cleanup)."""
-    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{METRICS_DIR_PREFIX}*-*")):
-        pid = os.path.basename(path)[len(METRICS_DIR_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _is_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
 
 
 def child_supervisor(specs: list[ChildSpec], policy: RestartPolicy, metrics: SupervisorMetrics | None) -> Supervisor:

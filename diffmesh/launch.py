@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import dataclasses
 import importlib.util
+import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -24,13 +26,15 @@ from shell.config import METRICS_MULTIPROC_ENV, ConfigError, FrontendConfig, Nat
 from shell.flags import frontend_config, restart_policy
 from shell.images import solid_png_data_url
 from shell.metrics import FrontendMetrics, SupervisorMetrics
-from shell.process import EXIT_BROKER_LOST, EXIT_GAVE_UP, EXIT_OK, StartupError, run, run_until_signal, tune_gc
+from shell.process import (EXIT_BROKER_LOST, EXIT_GAVE_UP, EXIT_OK, StartupError, owned_temp_dir, run,
+                           run_until_signal, tune_gc)
 from shell.supervise import ChildSpec, RestartPolicy
 
 SECRET_ARGS = {"nats_password", "nats_token", "api_key"}  # never printed (dry runs) or logged
 UP_WAIT_S = 300.0  # first run builds the tiny models
 CHILD_STOP_GRACE_S = 10.0  # `up` SIGKILLs a worker still running drain timeout + this after its SIGTERM
 SHUTDOWN_WATCHDOG_S = 90.0  # a frontend (in-flight HTTP: aiohttp waits up to 60 s) or router is gone this long after SIGTERM
+MEDIA_DIR_PREFIX = "diffmesh-media-"  # then up's pid: url responses live as long as `up`
 UP_EXIT_GRACE_S = 90.0  # `up` is gone drain timeout + this after a SIGTERM, whatever hangs (frontend, nats)
 # one per process (`up`'s workers would collide), or the frontends' own (their shared metrics directory)
 NOT_INHERITED = ("DIFFMESH_HEALTH_PORT", "DIFFMESH_WORKER_ID", METRICS_MULTIPROC_ENV)
@@ -157,16 +161,20 @@ def up(args: argparse.Namespace) -> int:
                           "`diffmesh frontend --router-url nats` separately for a standalone one")
     server = EmbeddedNats(port=args.nats_port).start()
     try:
-        media_dir = args.media_dir or tempfile.mkdtemp(prefix="diffmesh-media-")
-        config = frontend_config(args, nats=NatsConfig(url=server.url), media_dir=media_dir)
-        if not config.workers:  # the workers and nats-server run on these cores too: half of them for HTTP
-            config = dataclasses.replace(config, workers=max(1, len(os.sched_getaffinity(0)) // 2))
-        commands = _worker_commands(args, server.url)
-        host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
-        env = _worker_env(media_dir, f"http://{host}:{config.port}/v1/files", len(commands))
-        specs = _worker_specs(commands, env)
-        tune_gc()
-        with shared_metrics(config.num_processes):
+        with contextlib.ExitStack() as scratch:  # url responses live as long as `up`, unless --media-dir keeps them
+            media_dir = args.media_dir
+            if not media_dir:
+                media_dir = owned_temp_dir(MEDIA_DIR_PREFIX)
+                scratch.callback(shutil.rmtree, media_dir, True)
+            config = frontend_config(args, nats=NatsConfig(url=server.url), media_dir=media_dir)
+            if not config.workers:  # the workers and nats-server run on these cores too: half of them for HTTP
+                config = dataclasses.replace(config, workers=max(1, len(os.sched_getaffinity(0)) // 2))
+            commands = _worker_commands(args, server.url)
+            host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+            env = _worker_env(media_dir, f"http://{host}:{config.port}/v1/files", len(commands))
+            specs = _worker_specs(commands, env)
+            tune_gc()
+            scratch.enter_context(shared_metrics(config.num_processes))
             frontends = frontend_specs(config, _log_args(args))
             return run_until_signal(lambda stop: _serve_up(config, server, specs, frontends, policy, drain_s, stop),
                                     hard_exit_after_s=drain_s + UP_EXIT_GRACE_S)

@@ -11,7 +11,6 @@ import ssl
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import nats
 
 from shell.config import ConfigError, NatsConfig
-from shell.process import is_set_within, spawn
+from shell.process import is_set_within, owned_temp_dir, spawn
 
 log = logging.getLogger("shell.bus")
 
@@ -246,8 +245,8 @@ class EmbeddedNats:
         self.scheme = scheme
         self.port = free_port(port, host)
         self.monitor_port = free_port(None, host)
-        self._tmp = tempfile.TemporaryDirectory(prefix="diffmesh-nats-") if store_dir is None else None
-        self.store_dir = store_dir or self._tmp.name
+        self._tmp = owned_temp_dir("diffmesh-nats-") if store_dir is None else None  # removed by stop()
+        self.store_dir = store_dir or self._tmp
         self.process: subprocess.Popen | None = None
 
     @property
@@ -298,7 +297,7 @@ class EmbeddedNats:
         if self.process is not None:
             self._log.close()
         if self._tmp is not None:
-            self._tmp.cleanup()
+            shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
     def __enter__(self) -> EmbeddedNats:

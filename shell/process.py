@@ -7,10 +7,13 @@ import asyncio
 import ctypes
 import gc
 import logging
+import glob
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -205,3 +208,23 @@ def describe_exit(returncode: int) -> str:
         except ValueError:
             pass
     return f"exit {returncode} ({meaning})" if meaning else f"exit {returncode}"
+
+
+def owned_temp_dir(prefix: str) -> str:
+    """A new temporary directory named after this process (`{prefix}{pid}-...`), for the caller to remove. First the
+    directories of that prefix whose process is gone are removed: a SIGKILL skips its own cleanup."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{prefix}*-*")):
+        pid = os.path.basename(path)[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not is_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True

@@ -132,7 +132,9 @@ def _check_locust_multimodal_user(url: str, tmp_path: Path) -> None:
 
 def test_up_serves_every_kind_chat_with_images_included_then_stops_cleanly_on_ctrl_c(tmp_path):
     port = free_port()
-    env = {**os.environ, "HOME": str(tmp_path)}  # first run: the tiny models are built here
+    scratch = tmp_path / "tmp"  # `up`'s temporary directories (NATS store, url responses, metrics) go with it
+    scratch.mkdir()
+    env = {**os.environ, "HOME": str(tmp_path), "TMPDIR": str(scratch)}  # first run: the tiny models are built here
     command = [str(Path(sys.executable).parent / "diffmesh"), "--log-format", "json", "up", "--host", "127.0.0.1",
                "--port", str(port), "--nats-port", str(free_port()), "--dllm", "2", "--media-allowed-hosts", "127.0.0.1",
                "--workers", "2"]
@@ -178,3 +180,4 @@ def test_up_serves_every_kind_chat_with_images_included_then_stops_cleanly_on_ct
             raise
     assert code == 0, log_path.read_text()[-3000:]
     assert all(is_gone(pid) for pid in children)
+    assert not list(scratch.glob("diffmesh-*"))  # (torch keeps its empty torchinductor_<user> cache dir there)
