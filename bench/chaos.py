@@ -281,7 +281,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=24)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--kill-every", type=float, default=5.0, help="seconds between kills")
-    parser.add_argument("--kill-every-requests", type=int, default=0, help="kill after each N requests ended since the last recovery instead")
+    parser.add_argument("--kill-every-requests", type=int, default=0,
+                        help="kill after each N requests ended since the last recovery instead")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--speedup", type=float, default=1.0, help="mocker --speedup-ratio")
     parser.add_argument("--heartbeat", type=float, default=1.0, help="worker heartbeat interval (a kill shows after 3)")
