@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import atexit
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from shell.process import owned_temp_dir
 
 
 def scratch_dir(path: str | Path | None, prefix: str) -> Path:
     """`path` if given (kept, so built models are reused), else a new temporary directory removed when the script
-    exits."""
+    exits (shell.process.owned_temp_dir: a killed run's is removed by the next)."""
     if path:
         return Path(path)
-    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    directory = Path(owned_temp_dir(prefix))
     atexit.register(shutil.rmtree, directory, True)
     return directory
 
